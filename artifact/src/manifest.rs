@@ -1,0 +1,222 @@
+//! The manifest: the signed-off record of one build. See `docs/manifest.md`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Digest;
+
+/// The manifest schema this build of thaw writes and reads.
+pub const MANIFEST_SCHEMA: u32 = 1;
+
+/// Everything a runner needs to pick, verify and load a built function.
+///
+/// A manifest is stored under the digest of its own JSON bytes, so it can
+/// never change once written; `name:tag` references point at it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`MANIFEST_SCHEMA`] at the time of writing.
+    pub schema: u32,
+    /// Whether the module was snapshotted (reactor) or runs `_start` per request (command).
+    pub kind: ModuleKind,
+    /// The export a runner calls per request.
+    pub entry: String,
+    /// The module as submitted.
+    pub source: BlobRef,
+    /// The Wizer snapshot, for reactors.
+    pub snapshot: Option<BlobRef>,
+    /// One precompiled artifact per target.
+    pub artifacts: Vec<Artifact>,
+    /// How, with what and how fast it was built.
+    pub build: BuildInfo,
+}
+
+/// How a module is run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModuleKind {
+    /// A WASI reactor (`_initialize` + the SDK's exports): snapshotted after
+    /// init; each request calls [`crate::abi::HANDLE_EXPORT`] in a fresh instance.
+    Reactor,
+    /// A WASI command (`_start`): not snapshotted; each request runs `_start`.
+    Command,
+}
+
+impl std::fmt::Display for ModuleKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ModuleKind::Reactor => "reactor",
+            ModuleKind::Command => "command",
+        })
+    }
+}
+
+/// A stored blob. Blobs are stored zstd-compressed under the digest of their
+/// *uncompressed* bytes, which is what every reader verifies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRef {
+    /// SHA-256 of the uncompressed bytes.
+    pub digest: Digest,
+    /// Uncompressed size in bytes.
+    pub size: u64,
+    /// Stored (zstd) size in bytes.
+    pub compressed_size: u64,
+}
+
+/// A precompiled module for one target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// The target triple, e.g. `x86_64-unknown-linux-gnu`.
+    pub target: String,
+    /// The Cranelift ISA flags the code was compiled with: the CPU features a
+    /// host needs to load it.
+    pub isa_flags: Vec<String>,
+    /// The `.cwasm` bytes.
+    #[serde(flatten)]
+    pub blob: BlobRef,
+    /// The wasmtime version that compiled it; a loader of another major version refuses it.
+    pub wasmtime_version: String,
+    /// SHA-256 over `Engine::precompile_compatibility_hash()` of the compiling engine.
+    pub compatibility_hash: Digest,
+    /// Wall time of this target's compile, in milliseconds.
+    pub compile_ms: u64,
+}
+
+/// Provenance of a build.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BuildInfo {
+    /// The build-cache key: the source digest plus everything that changes the output.
+    pub cache_key: Digest,
+    /// The thaw version that built it.
+    pub thaw_version: String,
+    /// The wasmtime (and Wizer, and Cranelift) release train used.
+    pub wasmtime_version: String,
+    /// Environment variables visible to init, by name only (values may be secrets).
+    pub init_env: Vec<String>,
+    /// Wall time per step, in pipeline order.
+    pub steps: Vec<StepTiming>,
+}
+
+/// The wall time of one build step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepTiming {
+    /// `inspect`, `snapshot`, `compile <target>` or `store`.
+    pub step: String,
+    /// Milliseconds.
+    pub millis: u64,
+}
+
+/// Errors reading a manifest.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// Not JSON of the manifest shape.
+    #[error("malformed manifest: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// Written by a thaw whose schema this one does not read.
+    #[error("manifest schema {found} is not supported (this thaw reads schema {MANIFEST_SCHEMA})")]
+    UnsupportedSchema {
+        /// The schema in the manifest.
+        found: u32,
+    },
+}
+
+impl Manifest {
+    /// The canonical bytes: the ones stored and digested.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec_pretty(self).expect("a manifest always serializes");
+        bytes.push(b'\n');
+        bytes
+    }
+
+    /// Parses manifest bytes and checks the schema.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ManifestError> {
+        #[derive(Deserialize)]
+        struct Schema {
+            schema: u32,
+        }
+        let Schema { schema } = serde_json::from_slice(bytes)?;
+        if schema != MANIFEST_SCHEMA {
+            return Err(ManifestError::UnsupportedSchema { found: schema });
+        }
+        Ok(serde_json::from_slice(bytes)?)
+    }
+
+    /// The digest the manifest is stored under.
+    pub fn digest(&self) -> Digest {
+        Digest::of(&self.to_bytes())
+    }
+
+    /// The artifact built for `target`, if any.
+    pub fn artifact_for(&self, target: &str) -> Option<&Artifact> {
+        self.artifacts.iter().find(|a| a.target == target)
+    }
+
+    /// Every blob the manifest depends on.
+    pub fn blobs(&self) -> impl Iterator<Item = &BlobRef> {
+        std::iter::once(&self.source)
+            .chain(self.snapshot.as_ref())
+            .chain(self.artifacts.iter().map(|a| &a.blob))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Manifest {
+        let blob = |b: &[u8]| BlobRef {
+            digest: Digest::of(b),
+            size: b.len() as u64,
+            compressed_size: 1,
+        };
+        Manifest {
+            schema: MANIFEST_SCHEMA,
+            kind: ModuleKind::Reactor,
+            entry: "thaw_handle".into(),
+            source: blob(b"source"),
+            snapshot: Some(blob(b"snapshot")),
+            artifacts: vec![Artifact {
+                target: "x86_64-unknown-linux-gnu".into(),
+                isa_flags: vec!["has_sse3".into()],
+                blob: blob(b"cwasm"),
+                wasmtime_version: "48.0.8".into(),
+                compatibility_hash: Digest::of(b"hash"),
+                compile_ms: 12,
+            }],
+            build: BuildInfo {
+                cache_key: Digest::of(b"key"),
+                thaw_version: "0.1.0".into(),
+                wasmtime_version: "48.0.8".into(),
+                init_env: vec![],
+                steps: vec![StepTiming {
+                    step: "snapshot".into(),
+                    millis: 3,
+                }],
+            },
+        }
+    }
+
+    #[test]
+    fn round_trips_and_digest_is_of_the_stored_bytes() {
+        let m = sample();
+        let bytes = m.to_bytes();
+        assert_eq!(Manifest::from_bytes(&bytes).unwrap(), m);
+        assert_eq!(m.digest(), Digest::of(&bytes));
+        assert_eq!(m.blobs().count(), 3);
+        assert!(m.artifact_for("x86_64-unknown-linux-gnu").is_some());
+        assert!(m.artifact_for("riscv64gc-unknown-linux-gnu").is_none());
+    }
+
+    #[test]
+    fn refuses_other_schemas_and_garbage() {
+        let mut value = serde_json::to_value(sample()).unwrap();
+        value["schema"] = 99.into();
+        let err = Manifest::from_bytes(&serde_json::to_vec(&value).unwrap()).unwrap_err();
+        assert!(
+            matches!(err, ManifestError::UnsupportedSchema { found: 99 }),
+            "{err}"
+        );
+        assert!(matches!(
+            Manifest::from_bytes(b"{not json").unwrap_err(),
+            ManifestError::Malformed(_)
+        ));
+    }
+}

@@ -1,0 +1,194 @@
+//! The engine profile: the one place that decides every setting wasmtime
+//! checks when it loads a precompiled artifact.
+//!
+//! The compiler builds its engines from [`engine_config`] and then adds a
+//! target and ISA flags; the runner builds its engine from the same function
+//! and adds only runtime choices (allocator, stack size) that wasmtime allows
+//! to differ. If the two disagreed, `Module::deserialize` would refuse every
+//! artifact, so nothing here may depend on the build host.
+
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, WasmFeatures};
+
+/// A compilation target: a triple plus the exact Cranelift ISA flags.
+///
+/// Flags are explicit so that an artifact never silently requires the build
+/// host's CPU features.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TargetProfile {
+    /// The target triple.
+    pub triple: &'static str,
+    /// Cranelift ISA flags enabled on top of the architecture's baseline.
+    pub isa_flags: &'static [&'static str],
+    /// What hardware this runs on, for humans.
+    pub description: &'static str,
+}
+
+/// The targets thaw builds for.
+pub const TARGETS: &[TargetProfile] = &[
+    TargetProfile {
+        triple: "x86_64-unknown-linux-gnu",
+        // x86-64-v2: every x86-64 server CPU since Nehalem (2008) has these,
+        // and Cranelift's SIMD lowering leans on SSE4.1.
+        isa_flags: &[
+            "has_sse3",
+            "has_ssse3",
+            "has_cmpxchg16b",
+            "has_sse41",
+            "has_sse42",
+            "has_popcnt",
+        ],
+        description: "x86-64-v2 (SSE4.2, POPCNT): any x86-64 CPU since 2008",
+    },
+    TargetProfile {
+        triple: "aarch64-unknown-linux-gnu",
+        isa_flags: &[],
+        description: "ARMv8.0-A baseline: Graviton, Ampere, Raspberry Pi 4 and newer",
+    },
+];
+
+/// A target triple thaw has no profile for.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "unsupported target {triple:?}; supported targets: {}",
+    supported_triples()
+)]
+pub struct UnsupportedTarget {
+    /// The requested triple.
+    pub triple: String,
+}
+
+fn supported_triples() -> String {
+    TARGETS
+        .iter()
+        .map(|t| t.triple)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl TargetProfile {
+    /// The profile for `triple`.
+    pub fn by_triple(triple: &str) -> Result<&'static TargetProfile, UnsupportedTarget> {
+        TARGETS
+            .iter()
+            .find(|t| t.triple == triple)
+            .ok_or_else(|| UnsupportedTarget {
+                triple: triple.to_string(),
+            })
+    }
+
+    /// The profile for the machine this process runs on.
+    pub fn host() -> Result<&'static TargetProfile, UnsupportedTarget> {
+        Self::by_triple(&host_triple())
+    }
+}
+
+/// The triple of the machine this process runs on.
+pub fn host_triple() -> String {
+    target_lexicon::HOST.to_string()
+}
+
+/// Linear memory reserved per instance. With 32-bit Wasm and this plus the
+/// guard, bounds checks are elided and memory never moves.
+pub const MEMORY_RESERVATION: u64 = 4 << 30;
+
+/// Guard region after each linear memory.
+pub const MEMORY_GUARD_SIZE: u64 = 32 << 20;
+
+/// The Wasm feature set thaw accepts: Wasm 2.0 (what Go's wasip1 port emits),
+/// nothing newer, so that compiler and runner agree whatever wasmtime
+/// features each was built with.
+pub fn wasm_features() -> WasmFeatures {
+    WasmFeatures::WASM2
+}
+
+/// A wasmtime [`Config`] holding every setting that must match between the
+/// engine that compiles an artifact and the engine that loads it.
+pub fn engine_config() -> Config {
+    let mut config = Config::new();
+    let enabled = wasm_features();
+    for feature in WasmFeatures::all().iter() {
+        config.wasm_features(feature, enabled.contains(feature));
+    }
+    config
+        .memory_reservation(MEMORY_RESERVATION)
+        .memory_guard_size(MEMORY_GUARD_SIZE)
+        .memory_may_move(false)
+        .guard_before_linear_memory(true)
+        .memory_init_cow(true)
+        .table_lazy_init(true)
+        // Deadlines are enforced by epochs, not fuel: epochs cost a load per
+        // loop header, fuel costs an add per basic block.
+        .epoch_interruption(true)
+        .consume_fuel(false)
+        .signals_based_traps(true)
+        .debug_info(false)
+        .gc_support(false);
+    config
+}
+
+/// The version of wasmtime compiled into this binary.
+pub const WASMTIME_VERSION: &str = "48.0.8";
+
+/// How often [`EpochTicker`] advances the epoch. Deadlines are counted in
+/// these ticks, so a deadline is accurate to about one tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Advances an engine's epoch every [`EPOCH_TICK`] on a background thread,
+/// for as long as the engine lives.
+///
+/// One ticker serves every store of the engine; a per-store ticker would
+/// make every other store's deadline run fast.
+pub struct EpochTicker;
+
+impl EpochTicker {
+    /// Starts ticking `engine`. The thread exits when the engine is dropped.
+    pub fn start(engine: &Engine) {
+        let engine = engine.weak();
+        std::thread::Builder::new()
+            .name("thaw-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = engine.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .expect("spawning the epoch thread");
+    }
+}
+
+/// Converts a deadline into epoch ticks (at least one).
+pub fn deadline_ticks(deadline: Duration) -> u64 {
+    (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_target_is_found_by_its_triple() {
+        for t in TARGETS {
+            assert_eq!(TargetProfile::by_triple(t.triple).unwrap(), t);
+        }
+        let err = TargetProfile::by_triple("riscv64gc-unknown-linux-gnu").unwrap_err();
+        assert!(
+            err.to_string().contains("aarch64-unknown-linux-gnu"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_profile_builds_an_engine() {
+        // Fails if two settings of the profile contradict each other.
+        Engine::new(&engine_config()).unwrap();
+    }
+
+    #[test]
+    fn deadlines_round_to_ticks() {
+        assert_eq!(deadline_ticks(Duration::from_millis(1)), 1);
+        assert_eq!(deadline_ticks(Duration::from_secs(1)), 100);
+    }
+}

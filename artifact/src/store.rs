@@ -1,0 +1,372 @@
+//! The content-addressed store, over any [`object_store`] backend.
+//!
+//! Layout (every key is written atomically, in this order, so a reader never
+//! finds a reference to missing or partial data):
+//!
+//! | key | content |
+//! |---|---|
+//! | `blobs/sha256/<hex>` | zstd of the bytes whose SHA-256 is `<hex>` |
+//! | `manifests/sha256/<hex>` | manifest JSON whose SHA-256 is `<hex>` |
+//! | `build-cache/<hex>` | the manifest digest built for build-cache key `<hex>` |
+//! | `tags/<name>/<tag>` | the manifest digest `name:tag` points at |
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::{BlobRef, Digest, Manifest, ManifestError, Reference, TagRef};
+
+/// Default zstd level for stored blobs: measured on Go artifacts, level 3
+/// already gets most of the ratio, and higher levels cost seconds per build.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A tag, manifest or blob that does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Stored bytes whose digest is not the one they are stored under:
+    /// tampering or corruption. They are never returned.
+    #[error("{what} failed verification: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// What was read.
+        what: String,
+        /// The digest asked for.
+        expected: Digest,
+        /// The digest of the bytes found.
+        actual: Digest,
+    },
+    /// Stored bytes that cannot be decoded.
+    #[error("{what} is corrupt: {reason}")]
+    Corrupt {
+        /// What was read.
+        what: String,
+        /// Why it could not be decoded.
+        reason: String,
+    },
+    /// A malformed manifest.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// A store location that cannot be opened.
+    #[error("cannot open store {location:?}: {reason}")]
+    InvalidLocation {
+        /// What was given.
+        location: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The backend failed.
+    #[error("object store error: {0}")]
+    Backend(#[from] object_store::Error),
+}
+
+/// A content-addressed store of blobs, manifests, tags and build-cache entries.
+#[derive(Clone, Debug)]
+pub struct ArtifactStore {
+    objects: Arc<dyn ObjectStore>,
+    location: String,
+    zstd_level: i32,
+}
+
+impl ArtifactStore {
+    /// Opens a store by location: `file:///abs/path`, `memory://`, or a plain
+    /// filesystem path. A filesystem store's directory is created if missing.
+    pub fn open(location: &str) -> Result<Self, StoreError> {
+        let invalid = |reason: String| StoreError::InvalidLocation {
+            location: location.to_string(),
+            reason,
+        };
+        if location == "memory://" || location == "memory:" {
+            return Ok(Self::new(Arc::new(InMemory::new()), "memory://"));
+        }
+        let path = match location.split_once("://") {
+            Some(("file", path)) => path,
+            Some((scheme, _)) => {
+                return Err(invalid(format!(
+                    "scheme {scheme:?} is not supported here (use file:// or memory://)"
+                )));
+            }
+            None => location,
+        };
+        if path.is_empty() {
+            return Err(invalid("empty path".into()));
+        }
+        std::fs::create_dir_all(path).map_err(|e| invalid(e.to_string()))?;
+        let root = std::fs::canonicalize(path).map_err(|e| invalid(e.to_string()))?;
+        let local = LocalFileSystem::new_with_prefix(&root).map_err(|e| invalid(e.to_string()))?;
+        Ok(Self::new(
+            Arc::new(local),
+            &format!("file://{}", root.display()),
+        ))
+    }
+
+    /// Wraps any object store. `location` is for messages.
+    pub fn new(objects: Arc<dyn ObjectStore>, location: &str) -> Self {
+        Self {
+            objects,
+            location: location.to_string(),
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+        }
+    }
+
+    /// Sets the zstd level used for new blobs.
+    pub fn with_zstd_level(mut self, level: i32) -> Self {
+        self.zstd_level = level;
+        self
+    }
+
+    /// Where the store lives, e.g. `file:///var/lib/thaw`.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Stores `bytes` compressed, under their digest. Storing the same bytes
+    /// twice writes once.
+    pub async fn put_blob(&self, bytes: Bytes) -> Result<BlobRef, StoreError> {
+        let digest = Digest::of(&bytes);
+        let path = blob_path(&digest);
+        if let Ok(meta) = self.objects.head(&path).await {
+            return Ok(BlobRef {
+                digest,
+                size: bytes.len() as u64,
+                compressed_size: meta.size,
+            });
+        }
+        let level = self.zstd_level;
+        let size = bytes.len() as u64;
+        let compressed = tokio::task::spawn_blocking(move || zstd::bulk::compress(&bytes, level))
+            .await
+            .expect("compression does not panic")
+            .map_err(|e| StoreError::Corrupt {
+                what: format!("blob {digest}"),
+                reason: format!("compressing: {e}"),
+            })?;
+        let compressed_size = compressed.len() as u64;
+        self.objects
+            .put(&path, PutPayload::from(compressed))
+            .await?;
+        Ok(BlobRef {
+            digest,
+            size,
+            compressed_size,
+        })
+    }
+
+    /// Reads a blob, decompresses it and verifies its digest and size. Bytes
+    /// that fail verification are never returned.
+    pub async fn get_blob(&self, blob: &BlobRef) -> Result<Bytes, StoreError> {
+        let compressed = self.get_blob_compressed(&blob.digest).await?;
+        let expected = blob.clone();
+        tokio::task::spawn_blocking(move || decode_blob(&compressed, &expected))
+            .await
+            .expect("decompression does not panic")
+    }
+
+    /// The stored (zstd) bytes of a blob, unverified: for relaying to a
+    /// client that verifies after decompressing.
+    pub async fn get_blob_compressed(&self, digest: &Digest) -> Result<Bytes, StoreError> {
+        self.read(&blob_path(digest), || format!("blob {digest}"))
+            .await
+    }
+
+    /// Whether a blob is present.
+    pub async fn has_blob(&self, digest: &Digest) -> Result<bool, StoreError> {
+        self.exists(&blob_path(digest)).await
+    }
+
+    /// Stores a manifest under its digest. Every blob it names must already
+    /// be stored, so that a manifest never points at missing data.
+    pub async fn put_manifest(&self, manifest: &Manifest) -> Result<Digest, StoreError> {
+        for blob in manifest.blobs() {
+            if !self.has_blob(&blob.digest).await? {
+                return Err(StoreError::NotFound(format!(
+                    "blob {} (named by the manifest being stored)",
+                    blob.digest
+                )));
+            }
+        }
+        let bytes = manifest.to_bytes();
+        let digest = Digest::of(&bytes);
+        self.objects
+            .put(&manifest_path(&digest), PutPayload::from(bytes))
+            .await?;
+        Ok(digest)
+    }
+
+    /// Reads and verifies a manifest.
+    pub async fn get_manifest(&self, digest: &Digest) -> Result<Manifest, StoreError> {
+        let what = || format!("manifest {digest}");
+        let bytes = self.read(&manifest_path(digest), what).await?;
+        let actual = Digest::of(&bytes);
+        if actual != *digest {
+            return Err(StoreError::DigestMismatch {
+                what: what(),
+                expected: *digest,
+                actual,
+            });
+        }
+        Ok(Manifest::from_bytes(&bytes)?)
+    }
+
+    /// Points `tag` at a stored manifest.
+    pub async fn set_tag(&self, tag: &TagRef, manifest: &Digest) -> Result<(), StoreError> {
+        if !self.exists(&manifest_path(manifest)).await? {
+            return Err(StoreError::NotFound(format!("manifest {manifest}")));
+        }
+        self.objects
+            .put(&tag_path(tag), PutPayload::from(manifest.to_string()))
+            .await?;
+        Ok(())
+    }
+
+    /// The manifest digest a tag points at.
+    pub async fn get_tag(&self, tag: &TagRef) -> Result<Digest, StoreError> {
+        let bytes = self.read(&tag_path(tag), || format!("tag {tag}")).await?;
+        parse_digest_object(&bytes, || format!("tag {tag}"))
+    }
+
+    /// Resolves a reference to a verified manifest.
+    pub async fn resolve(&self, reference: &Reference) -> Result<(Digest, Manifest), StoreError> {
+        let digest = match reference {
+            Reference::Digest(d) => *d,
+            Reference::Tag(t) => self.get_tag(t).await?,
+        };
+        Ok((digest, self.get_manifest(&digest).await?))
+    }
+
+    /// Every tag, sorted.
+    pub async fn list_tags(&self) -> Result<Vec<(TagRef, Digest)>, StoreError> {
+        let metas: Vec<_> = self
+            .objects
+            .list(Some(&Path::from("tags")))
+            .try_collect()
+            .await?;
+        let mut tags = Vec::new();
+        for meta in metas {
+            let key = meta.location.as_ref();
+            let Some(rest) = key.strip_prefix("tags/") else {
+                continue;
+            };
+            let Some((name, tag)) = rest.rsplit_once('/') else {
+                continue;
+            };
+            // Keys that are not valid references were not written by thaw
+            // (object_store leaves staging files behind only on crashes).
+            let Ok(tag) = TagRef::new(name, tag) else {
+                continue;
+            };
+            let digest = self.get_tag(&tag).await?;
+            tags.push((tag, digest));
+        }
+        tags.sort();
+        Ok(tags)
+    }
+
+    /// The manifest previously built for a build-cache key, if it is still
+    /// complete (manifest and every blob present).
+    pub async fn cached_build(&self, key: &Digest) -> Result<Option<Digest>, StoreError> {
+        let bytes = match self
+            .read(&cache_path(key), || format!("build-cache entry {key}"))
+            .await
+        {
+            Ok(bytes) => bytes,
+            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let digest = parse_digest_object(&bytes, || format!("build-cache entry {key}"))?;
+        let manifest = match self.get_manifest(&digest).await {
+            Ok(m) => m,
+            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        for blob in manifest.blobs() {
+            if !self.has_blob(&blob.digest).await? {
+                return Ok(None);
+            }
+        }
+        Ok(Some(digest))
+    }
+
+    /// Records that `key` built `manifest`.
+    pub async fn put_cached_build(
+        &self,
+        key: &Digest,
+        manifest: &Digest,
+    ) -> Result<(), StoreError> {
+        self.objects
+            .put(&cache_path(key), PutPayload::from(manifest.to_string()))
+            .await?;
+        Ok(())
+    }
+
+    async fn read(&self, path: &Path, what: impl Fn() -> String) -> Result<Bytes, StoreError> {
+        match self.objects.get(path).await {
+            Ok(result) => Ok(result.bytes().await?),
+            Err(object_store::Error::NotFound { .. }) => Err(StoreError::NotFound(what())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn exists(&self, path: &Path) -> Result<bool, StoreError> {
+        match self.objects.head(path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Decompresses a stored blob and verifies it against `expected`.
+///
+/// Decompression is capped at the expected size, so a forged blob cannot
+/// expand without bound.
+pub fn decode_blob(compressed: &[u8], expected: &BlobRef) -> Result<Bytes, StoreError> {
+    let what = || format!("blob {}", expected.digest);
+    let bytes = zstd::bulk::decompress(compressed, expected.size as usize).map_err(|e| {
+        StoreError::Corrupt {
+            what: what(),
+            reason: format!("zstd: {e}"),
+        }
+    })?;
+    let actual = Digest::of(&bytes);
+    if actual != expected.digest || bytes.len() as u64 != expected.size {
+        return Err(StoreError::DigestMismatch {
+            what: what(),
+            expected: expected.digest,
+            actual,
+        });
+    }
+    Ok(Bytes::from(bytes))
+}
+
+fn parse_digest_object(bytes: &[u8], what: impl Fn() -> String) -> Result<Digest, StoreError> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| StoreError::Corrupt {
+            what: what(),
+            reason: "does not hold a digest".into(),
+        })
+}
+
+fn blob_path(digest: &Digest) -> Path {
+    Path::from(format!("blobs/sha256/{}", digest.hex()))
+}
+
+fn manifest_path(digest: &Digest) -> Path {
+    Path::from(format!("manifests/sha256/{}", digest.hex()))
+}
+
+fn cache_path(key: &Digest) -> Path {
+    Path::from(format!("build-cache/{}", key.hex()))
+}
+
+fn tag_path(tag: &TagRef) -> Path {
+    Path::from(format!("tags/{}/{}", tag.name(), tag.tag()))
+}

@@ -1,0 +1,154 @@
+use std::sync::Arc;
+
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use thaw_artifact::{
+    Artifact, ArtifactStore, BlobRef, BuildInfo, Digest, MANIFEST_SCHEMA, Manifest, ModuleKind,
+    Reference, StoreError, TagRef,
+};
+
+fn manifest_for(source: &BlobRef) -> Manifest {
+    Manifest {
+        schema: MANIFEST_SCHEMA,
+        kind: ModuleKind::Command,
+        entry: "_start".into(),
+        source: source.clone(),
+        snapshot: None,
+        artifacts: vec![Artifact {
+            target: "x86_64-unknown-linux-gnu".into(),
+            isa_flags: vec![],
+            blob: source.clone(),
+            wasmtime_version: "48.0.8".into(),
+            compatibility_hash: Digest::of(b"h"),
+            compile_ms: 1,
+        }],
+        build: BuildInfo {
+            cache_key: Digest::of(b"k"),
+            thaw_version: "test".into(),
+            wasmtime_version: "48.0.8".into(),
+            init_env: vec![],
+            steps: vec![],
+        },
+    }
+}
+
+#[tokio::test]
+async fn blobs_round_trip_compressed_and_deduplicated() {
+    let objects = Arc::new(InMemory::new());
+    let store = ArtifactStore::new(objects.clone(), "memory://");
+    let data = vec![7u8; 1 << 20];
+    let blob = store.put_blob(data.clone().into()).await.unwrap();
+    assert_eq!(blob.digest, Digest::of(&data));
+    assert_eq!(blob.size, data.len() as u64);
+    assert!(blob.compressed_size < blob.size / 100, "{blob:?}");
+    assert_eq!(store.put_blob(data.clone().into()).await.unwrap(), blob);
+    assert_eq!(&store.get_blob(&blob).await.unwrap()[..], &data[..]);
+    let stored: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(objects.list(None))
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+}
+
+#[tokio::test]
+async fn tampered_blob_is_refused() {
+    let objects = Arc::new(InMemory::new());
+    let store = ArtifactStore::new(objects.clone(), "memory://");
+    let blob = store
+        .put_blob(b"genuine bytes".to_vec().into())
+        .await
+        .unwrap();
+    let forged = zstd::bulk::compress(b"forged bytes!", 3).unwrap();
+    objects
+        .put(
+            &Path::from(format!("blobs/sha256/{}", blob.digest.hex())),
+            PutPayload::from(forged),
+        )
+        .await
+        .unwrap();
+    let err = store.get_blob(&blob).await.unwrap_err();
+    assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
+
+    // A blob that decompresses to more than the manifest says is cut off
+    // rather than expanded.
+    let bomb = zstd::bulk::compress(&vec![0u8; 10 << 20], 3).unwrap();
+    objects
+        .put(
+            &Path::from(format!("blobs/sha256/{}", blob.digest.hex())),
+            PutPayload::from(bomb),
+        )
+        .await
+        .unwrap();
+    let err = store.get_blob(&blob).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn manifests_tags_and_cache() {
+    let store = ArtifactStore::open("memory://").unwrap();
+    let missing = BlobRef {
+        digest: Digest::of(b"never stored"),
+        size: 1,
+        compressed_size: 1,
+    };
+    let err = store
+        .put_manifest(&manifest_for(&missing))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not found"), "{err}");
+
+    let blob = store.put_blob(b"module".to_vec().into()).await.unwrap();
+    let manifest = manifest_for(&blob);
+    let digest = store.put_manifest(&manifest).await.unwrap();
+    assert_eq!(digest, manifest.digest());
+
+    let tag: TagRef = "hello:v1".parse().unwrap();
+    store.set_tag(&tag, &digest).await.unwrap();
+    let (resolved, got) = store
+        .resolve(&"hello:v1".parse::<Reference>().unwrap())
+        .await
+        .unwrap();
+    assert_eq!((resolved, &got), (digest, &manifest));
+    assert_eq!(store.list_tags().await.unwrap(), vec![(tag, digest)]);
+
+    let err = store
+        .resolve(&"hello:v2".parse::<Reference>().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "tag hello:v2 not found");
+
+    let err = store
+        .set_tag(&"x:y".parse().unwrap(), &Digest::of(b"nothing"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+
+    let key = Digest::of(b"cache key");
+    assert_eq!(store.cached_build(&key).await.unwrap(), None);
+    store.put_cached_build(&key, &digest).await.unwrap();
+    assert_eq!(store.cached_build(&key).await.unwrap(), Some(digest));
+}
+
+#[tokio::test]
+async fn file_store_persists_across_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = format!("file://{}", dir.path().join("store").display());
+    let blob = {
+        let store = ArtifactStore::open(&location).unwrap();
+        store.put_blob(b"persisted".to_vec().into()).await.unwrap()
+    };
+    let store = ArtifactStore::open(&location).unwrap();
+    assert_eq!(&store.get_blob(&blob).await.unwrap()[..], b"persisted");
+    assert!(
+        dir.path()
+            .join("store/blobs/sha256")
+            .join(blob.digest.hex())
+            .exists()
+    );
+}
+
+#[test]
+fn unsupported_locations_are_named() {
+    let err = ArtifactStore::open("ftp://x").unwrap_err();
+    assert!(err.to_string().contains("\"ftp\""), "{err}");
+}

@@ -1,0 +1,412 @@
+//! The edge runner: loads verified precompiled functions and runs every
+//! request in a fresh sandboxed instance.
+//!
+//! This crate links wasmtime's runtime but not its compiler: it can only
+//! load artifacts the compiler produced, never compile code itself.
+//!
+//! Loading ([`Runner::load`]) resolves a reference to a manifest, picks the
+//! artifact built for this host, checks its SHA-256 against the manifest,
+//! and memory-maps it from a local cache that is only ever written by
+//! write-to-temp, fsync and rename. Calling ([`Function::call`]) creates a
+//! new instance from a pre-linked [`InstancePre`] in the pooling allocator,
+//! whose copy-on-write memory image makes a snapshotted Go heap cost
+//! nothing to restore.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), thaw_runner::RunError> {
+//! use thaw_artifact::ArtifactStore;
+//! use thaw_runner::{Runner, RunnerConfig};
+//!
+//! let store = ArtifactStore::open("/var/lib/thaw").unwrap();
+//! let runner = Runner::new(RunnerConfig::new("/var/cache/thaw"))?;
+//! let hello = runner.load(&store, &"hello:v1".parse().unwrap()).await?;
+//! let output = hello.call(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), &[]).await?;
+//! println!("{}", String::from_utf8_lossy(&output.stdout));
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use thaw_artifact::profile::{EpochTicker, deadline_ticks, host_triple};
+use thaw_artifact::sandbox::{self, MemoryCap};
+use thaw_artifact::{
+    Artifact, ArtifactStore, Digest, Manifest, ModuleKind, Reference, StoreError, profile,
+};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig,
+    Store, Trap,
+};
+use wasmtime_wasi::I32Exit;
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+
+/// Why loading or calling a function failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The store failed (including a blob that failed verification).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The manifest has no artifact for this host.
+    #[error("{reference} has no artifact for this host ({host}); it was built for: {available}")]
+    NoArtifactForHost {
+        /// What was loaded.
+        reference: String,
+        /// This host's triple.
+        host: String,
+        /// The manifest's targets.
+        available: String,
+    },
+    /// wasmtime refused the artifact: another wasmtime version, engine
+    /// settings, or CPU features this host lacks.
+    #[error("artifact {artifact} cannot load on this host ({host}): {reason}")]
+    Incompatible {
+        /// The artifact: digest, target, ISA flags and the wasmtime that built it.
+        artifact: String,
+        /// This host: triple and this runner's wasmtime.
+        host: String,
+        /// What wasmtime said.
+        reason: String,
+    },
+    /// The local artifact cache failed.
+    #[error("artifact cache {path}: {source}")]
+    Cache {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The engine or linker could not be set up.
+    #[error("runner setup failed: {0}")]
+    Setup(String),
+    /// The guest trapped (a Go panic that escaped the SDK ends here).
+    #[error("function trapped: {message}")]
+    Trap {
+        /// The trap.
+        message: String,
+        /// What the guest wrote to stderr.
+        stderr: Bytes,
+    },
+    /// The guest exited with a non-zero status.
+    #[error("function exited with status {code}")]
+    Exit {
+        /// The status.
+        code: i32,
+        /// What the guest wrote to stderr.
+        stderr: Bytes,
+    },
+    /// The request ran past its deadline.
+    #[error("function exceeded its {0:?} deadline")]
+    Timeout(Duration),
+    /// The guest tried to grow memory past its cap.
+    #[error("function exceeded its {} MiB memory cap", .0 >> 20)]
+    MemoryLimit(u64),
+}
+
+/// Tunables of a [`Runner`]. Defaults are documented on each constant.
+#[derive(Clone, Debug)]
+pub struct RunnerConfig {
+    /// Directory of verified artifacts (`<hex digest>.cwasm`).
+    pub cache_dir: PathBuf,
+    /// Instances that may exist at once (pooling allocator slots).
+    pub max_instances: u32,
+    /// Linear-memory cap per instance, in bytes.
+    pub max_memory: u64,
+    /// Wall-clock deadline per request.
+    pub request_timeout: Duration,
+    /// Cap on captured stdout (the response) per request.
+    pub max_stdout: usize,
+    /// Cap on captured stderr per request.
+    pub max_stderr: usize,
+}
+
+/// Default [`RunnerConfig::max_instances`].
+pub const DEFAULT_MAX_INSTANCES: u32 = 64;
+/// Default [`RunnerConfig::max_memory`]: 512 MiB.
+pub const DEFAULT_MAX_MEMORY: u64 = 512 << 20;
+/// Default [`RunnerConfig::request_timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`RunnerConfig::max_stdout`]: 16 MiB.
+pub const DEFAULT_MAX_STDOUT: usize = 16 << 20;
+/// Default [`RunnerConfig::max_stderr`]: 64 KiB.
+pub const DEFAULT_MAX_STDERR: usize = 64 << 10;
+/// Go's own wasm test runner gives 8 MiB of wasm stack; Go code expects it.
+pub const WASM_STACK: usize = 8 << 20;
+
+impl RunnerConfig {
+    /// Defaults, with the given cache directory.
+    pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            cache_dir: cache_dir.into(),
+            max_instances: DEFAULT_MAX_INSTANCES,
+            max_memory: DEFAULT_MAX_MEMORY,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_stdout: DEFAULT_MAX_STDOUT,
+            max_stderr: DEFAULT_MAX_STDERR,
+        }
+    }
+}
+
+/// Loads functions and runs requests. One per process.
+pub struct Runner {
+    engine: Engine,
+    linker: Linker<RequestState>,
+    config: RunnerConfig,
+}
+
+struct RequestState {
+    wasi: WasiP1Ctx,
+    memory: MemoryCap,
+}
+
+impl Runner {
+    /// Builds the engine from the shared engine profile, with the pooling
+    /// allocator sized by `config`.
+    pub fn new(config: RunnerConfig) -> Result<Self, RunError> {
+        let setup = |e: wasmtime::Error| RunError::Setup(format!("{e:#}"));
+        let mut pooling = PoolingAllocationConfig::new();
+        pooling
+            .total_memories(config.max_instances)
+            .total_tables(config.max_instances)
+            .total_core_instances(config.max_instances)
+            .total_stacks(config.max_instances)
+            .max_memory_size(config.max_memory as usize)
+            // Go's function table holds every address-taken function.
+            .table_elements(1 << 17);
+        let mut engine_config = profile::engine_config();
+        engine_config
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling))
+            .max_wasm_stack(WASM_STACK)
+            // Guest code runs on a fiber: its stack holds the wasm stack plus
+            // room for host calls (WASI) made from the deepest frame.
+            .async_stack_size(WASM_STACK + (1 << 20));
+        let engine = Engine::new(&engine_config).map_err(setup)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut RequestState| &mut s.wasi)
+            .map_err(setup)?;
+        std::fs::create_dir_all(&config.cache_dir).map_err(|source| RunError::Cache {
+            path: config.cache_dir.clone(),
+            source,
+        })?;
+        EpochTicker::start(&engine);
+        Ok(Self {
+            engine,
+            linker,
+            config,
+        })
+    }
+
+    /// The engine, for inspection.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Resolves `reference` in `store` and loads the host's artifact.
+    pub async fn load(
+        &self,
+        store: &ArtifactStore,
+        reference: &Reference,
+    ) -> Result<Function, RunError> {
+        let (digest, manifest) = store.resolve(reference).await?;
+        let host = host_triple();
+        let artifact = manifest
+            .artifact_for(&host)
+            .ok_or_else(|| RunError::NoArtifactForHost {
+                reference: reference.to_string(),
+                host: host.clone(),
+                available: manifest
+                    .artifacts
+                    .iter()
+                    .map(|a| a.target.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?
+            .clone();
+        let path = self.cached_artifact(store, &artifact).await?;
+        let incompatible = |reason: String| RunError::Incompatible {
+            artifact: format!(
+                "{} (built for {} with wasmtime {}, ISA flags [{}])",
+                artifact.blob.digest,
+                artifact.target,
+                artifact.wasmtime_version,
+                artifact.isa_flags.join(", ")
+            ),
+            host: format!("{host}, wasmtime {}", profile::WASMTIME_VERSION),
+            reason,
+        };
+        // SAFETY: `path` was verified against the artifact's digest from a
+        // manifest read from the trusted store, just now, in
+        // `cached_artifact`; cache files are only created by rename and never
+        // rewritten in place, so the mapping cannot change under us.
+        let module = unsafe { Module::deserialize_file(&self.engine, &path) }
+            .map_err(|e| incompatible(format!("{e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| incompatible(format!("{e:#}")))?;
+        Ok(Function {
+            manifest_digest: digest,
+            manifest,
+            pre,
+            config: self.config.clone(),
+        })
+    }
+
+    /// The verified local copy of `artifact`, fetching it when missing or
+    /// when the cached copy fails verification.
+    async fn cached_artifact(
+        &self,
+        store: &ArtifactStore,
+        artifact: &Artifact,
+    ) -> Result<PathBuf, RunError> {
+        let digest = artifact.blob.digest;
+        let path = self
+            .config
+            .cache_dir
+            .join(format!("{}.cwasm", digest.hex()));
+        let cache_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RunError::Cache { path, source }
+        };
+        let check = path.clone();
+        let verified = tokio::task::spawn_blocking(move || file_digest(&check))
+            .await
+            .expect("hashing does not panic");
+        match verified {
+            Ok(actual) if actual == digest => return Ok(path),
+            Ok(actual) => {
+                tracing::warn!(
+                    path = %path.display(), expected = %digest, %actual,
+                    "cached artifact failed verification; discarding it"
+                );
+                std::fs::remove_file(&path).map_err(cache_error(&path))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(cache_error(&path)(e)),
+        }
+        let bytes = store.get_blob(&artifact.blob).await?;
+        let dir = self.config.cache_dir.clone();
+        let target = path.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
+            tmp.write_all(&bytes)?;
+            tmp.as_file().sync_all()?;
+            tmp.persist(&target)?;
+            Ok(())
+        })
+        .await
+        .expect("writing does not panic")
+        .map_err(cache_error(&path))?;
+        Ok(path)
+    }
+}
+
+fn file_digest(path: &Path) -> std::io::Result<Digest> {
+    Digest::of_reader(std::fs::File::open(path)?)
+}
+
+/// A loaded function, ready to serve requests.
+pub struct Function {
+    manifest_digest: Digest,
+    manifest: Manifest,
+    pre: InstancePre<RequestState>,
+    config: RunnerConfig,
+}
+
+/// What one call produced.
+#[derive(Debug)]
+pub struct Output {
+    /// Everything written to stdout (for SDK functions, an HTTP/1.1 response).
+    pub stdout: Bytes,
+    /// Everything written to stderr, capped.
+    pub stderr: Bytes,
+    /// Time to create the instance.
+    pub instantiate: Duration,
+    /// Total time of the call.
+    pub total: Duration,
+}
+
+impl Function {
+    /// The manifest's digest.
+    pub fn manifest_digest(&self) -> &Digest {
+        &self.manifest_digest
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Runs one request in a fresh instance: `stdin` is the guest's stdin,
+    /// `env` its whole environment. Nothing survives the call.
+    pub async fn call(&self, stdin: Vec<u8>, env: &[(String, String)]) -> Result<Output, RunError> {
+        let started = Instant::now();
+        let stdout = MemoryOutputPipe::new(self.config.max_stdout);
+        let stderr = MemoryOutputPipe::new(self.config.max_stderr);
+        let wasi = sandbox::wasi_builder(env)
+            .stdin(MemoryInputPipe::new(stdin))
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build_p1();
+        let mut store = Store::new(
+            self.pre.module().engine(),
+            RequestState {
+                wasi,
+                memory: MemoryCap::new(self.config.max_memory),
+            },
+        );
+        store.limiter(|s| &mut s.memory);
+        store.set_epoch_deadline(deadline_ticks(self.config.request_timeout));
+        store.epoch_deadline_trap();
+
+        let result = async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            let instantiated = started.elapsed();
+            let entry = instance.get_typed_func::<(), ()>(&mut store, &self.manifest.entry)?;
+            entry.call_async(&mut store, ()).await?;
+            Ok::<_, wasmtime::Error>(instantiated)
+        }
+        .await;
+        let stderr_bytes = stderr.contents();
+        let instantiate = match result {
+            Ok(instantiated) => instantiated,
+            // `proc_exit(0)` is how a Go command returns successfully.
+            Err(e) if e.downcast_ref::<I32Exit>().is_some_and(|exit| exit.0 == 0) => {
+                started.elapsed()
+            }
+            Err(e) => {
+                return Err(if store.data().memory.was_hit() {
+                    RunError::MemoryLimit(self.config.max_memory)
+                } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+                    RunError::Timeout(self.config.request_timeout)
+                } else if let Some(exit) = e.downcast_ref::<I32Exit>() {
+                    RunError::Exit {
+                        code: exit.0,
+                        stderr: stderr_bytes,
+                    }
+                } else {
+                    RunError::Trap {
+                        message: format!("{e:#}"),
+                        stderr: stderr_bytes,
+                    }
+                });
+            }
+        };
+        Ok(Output {
+            stdout: stdout.contents(),
+            stderr: stderr_bytes,
+            instantiate,
+            total: started.elapsed(),
+        })
+    }
+
+    /// Whether requests run the SDK entry point in a snapshot (reactor) or
+    /// `_start` per request (command).
+    pub fn kind(&self) -> ModuleKind {
+        self.manifest.kind
+    }
+}

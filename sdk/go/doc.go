@@ -1,0 +1,71 @@
+// Package thaw is the Go SDK for thaw edge functions.
+//
+// A thaw function is an ordinary Go program built as a WASI reactor
+// (GOOS=wasip1 GOARCH=wasm, -buildmode=c-shared). Its main package registers
+// one [http.Handler] from init() and leaves main empty:
+//
+//	package main
+//
+//	import (
+//		"fmt"
+//		"net/http"
+//
+//		"thaw.dev/thaw"
+//	)
+//
+//	func init() {
+//		thaw.HandleFunc(func(w http.ResponseWriter, r *http.Request) {
+//			fmt.Fprintln(w, "hello from thaw")
+//		})
+//	}
+//
+//	func main() {}
+//
+// thaw runs _initialize (the Go runtime and every package init) once at build
+// time, calls the pre-snapshot hook, and snapshots the module's memory. Each
+// request then starts from a copy of that snapshot, so work done in init()
+// (tables, compiled regexps, parsed templates) costs nothing per request.
+//
+// # ABI
+//
+// Importing this package adds two exports to the module:
+//
+//   - thaw_pre_snapshot, func(): called once by the snapshotter after
+//     _initialize. It runs the functions registered with [Warmup], in order,
+//     then runtime.GC(), so restored instances do not start right below the
+//     GC trigger. A panic in a warm-up function is not recovered: it crashes
+//     initialization and the build fails.
+//   - thaw_handle, func(): serves one request. It refreshes the environment
+//     from the host (WASI environ_sizes_get/environ_get, then os.Clearenv and
+//     os.Setenv for each variable), reads exactly one HTTP/1.1 request from
+//     stdin, calls the registered handler, and writes exactly one HTTP/1.1
+//     response (status line, headers including Content-Length, body) to stdout.
+//
+// The handler's response is buffered in memory and written when the handler
+// returns. A request that cannot be parsed gets 400 Bad Request; a handler
+// that panics gets 500 Internal Server Error (the panic value and stack go to
+// stderr); a module with no registered handler answers 500. If the
+// environment variable THAW_REMOTE_ADDR is set, it becomes
+// [http.Request.RemoteAddr]. The request's context is cancelled when the
+// handler returns.
+//
+// # Caveats
+//
+//   - Randomness is frozen by the snapshot. The Go runtime seeds math/rand,
+//     hash/maphash and map iteration order during initialization, so every
+//     instance restored from one snapshot produces the same math/rand
+//     sequence and the same map order. Use crypto/rand for anything secret or
+//     anything that must differ between requests; it asks the host each time.
+//   - Environment variables read in init() are build-time values. Read
+//     configuration with os.Getenv inside the handler: the environment is
+//     refreshed at the start of every request with the function's configured
+//     variables plus request metadata.
+//   - Goroutines started in init() that are parked (blocked) when the
+//     snapshot is taken resume normally in every restored instance.
+//     Goroutines started while serving a request stop running when the
+//     request returns: finish background work before the handler returns.
+//   - Stdout carries the HTTP response. Log to stderr (the log package does
+//     by default); never print to stdout.
+//   - Responses are buffered: http.Flusher is accepted but does nothing, and
+//     informational (1xx) status codes are dropped.
+package thaw

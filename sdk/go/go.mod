@@ -1,0 +1,3 @@
+module thaw.dev/thaw
+
+go 1.24

@@ -1,0 +1,227 @@
+package thaw
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"runtime/debug"
+	"strconv"
+	"strings"
+)
+
+// noHandlerMessage is the body of the 500 response sent when the module never
+// registered a handler.
+const noHandlerMessage = "thaw: no handler registered (call thaw.Serve or thaw.HandleFunc from init)\n"
+
+// remoteAddrEnv names the environment variable through which the host passes
+// the client's address.
+const remoteAddrEnv = "THAW_REMOTE_ADDR"
+
+// logOutput receives the SDK's own diagnostics (handler panics). Tests
+// replace it.
+var logOutput io.Writer = os.Stderr
+
+// serveOnce reads exactly one HTTP/1.1 request from in, serves it with h and
+// writes exactly one HTTP/1.1 response to out. A nil h answers 500. It returns
+// the error of writing the response, if any; every other failure becomes an
+// HTTP error response.
+func serveOnce(in io.Reader, out io.Writer, h http.Handler) error {
+	req, err := http.ReadRequest(bufio.NewReader(in))
+	var rw *responseWriter
+	switch {
+	case err != nil:
+		rw = plainResponse(http.StatusBadRequest, "thaw: bad request: "+err.Error()+"\n")
+	case h == nil:
+		rw = plainResponse(http.StatusInternalServerError, noHandlerMessage)
+	default:
+		if addr := os.Getenv(remoteAddrEnv); addr != "" {
+			req.RemoteAddr = addr
+		}
+		rw = runHandler(h, req)
+	}
+	return rw.writeTo(out, req)
+}
+
+// runHandler calls h and turns a panic into a 500 response.
+func runHandler(h http.Handler, req *http.Request) (rw *responseWriter) {
+	ctx, cancel := context.WithCancel(req.Context())
+	defer cancel()
+	req = req.WithContext(ctx)
+
+	rw = newResponseWriter(req)
+	defer func() {
+		if v := recover(); v != nil {
+			if v != http.ErrAbortHandler {
+				fmt.Fprintf(logOutput, "thaw: panic serving %s %s: %v\n%s", req.Method, req.RequestURI, v, debug.Stack())
+			}
+			rw = plainResponse(http.StatusInternalServerError, "Internal Server Error\n")
+		}
+	}()
+	h.ServeHTTP(rw, req)
+	return rw
+}
+
+// plainResponse builds a text/plain response the way http.Error does.
+func plainResponse(code int, body string) *responseWriter {
+	rw := newResponseWriter(nil)
+	rw.header.Set("Content-Type", "text/plain; charset=utf-8")
+	rw.header.Set("X-Content-Type-Options", "nosniff")
+	rw.WriteHeader(code)
+	rw.WriteString(body)
+	return rw
+}
+
+// responseWriter is an http.ResponseWriter that buffers the status, headers
+// and body until the handler returns.
+type responseWriter struct {
+	header      http.Header // what Header returns
+	sent        http.Header // copy of header taken by WriteHeader
+	status      int         // 0 until WriteHeader or the first Write
+	body        bytes.Buffer
+	written     int64 // bytes the handler wrote, including discarded HEAD bodies
+	discardBody bool  // HEAD request: count the body but do not keep it
+}
+
+func newResponseWriter(req *http.Request) *responseWriter {
+	return &responseWriter{
+		header:      make(http.Header),
+		discardBody: req != nil && req.Method == http.MethodHead,
+	}
+}
+
+// Header returns the response headers; changes after the first Write or
+// WriteHeader call have no effect, as with net/http.
+func (rw *responseWriter) Header() http.Header { return rw.header }
+
+// WriteHeader records the status code. Informational (1xx) codes are dropped
+// because the response is buffered; later calls are ignored.
+func (rw *responseWriter) WriteHeader(code int) {
+	if code < 100 || code > 999 {
+		panic(fmt.Sprintf("invalid WriteHeader code %v", code))
+	}
+	if rw.status != 0 || code < 200 {
+		return
+	}
+	rw.status = code
+	// Freeze the headers as net/http does: later changes to the map returned
+	// by Header do not reach the response.
+	rw.sent = rw.header.Clone()
+}
+
+// Write appends p to the buffered body, sending a 200 status first if none
+// was set.
+func (rw *responseWriter) Write(p []byte) (int, error) {
+	if rw.status == 0 {
+		rw.WriteHeader(http.StatusOK)
+	}
+	if !bodyAllowed(rw.status) {
+		return 0, http.ErrBodyNotAllowed
+	}
+	rw.written += int64(len(p))
+	if rw.discardBody {
+		return len(p), nil
+	}
+	return rw.body.Write(p)
+}
+
+// WriteString is Write for strings, without a copy to a byte slice.
+func (rw *responseWriter) WriteString(s string) (int, error) {
+	if rw.status == 0 {
+		rw.WriteHeader(http.StatusOK)
+	}
+	if !bodyAllowed(rw.status) {
+		return 0, http.ErrBodyNotAllowed
+	}
+	rw.written += int64(len(s))
+	if rw.discardBody {
+		return len(s), nil
+	}
+	return rw.body.WriteString(s)
+}
+
+// Flush implements http.Flusher. It does nothing: the response is sent
+// when the handler returns.
+func (rw *responseWriter) Flush() {}
+
+// bodyAllowed reports whether a response with this status may have a body.
+func bodyAllowed(code int) bool {
+	return code >= 200 && code != http.StatusNoContent && code != http.StatusNotModified
+}
+
+// writeTo writes the buffered response as one HTTP/1.1 message. req may be
+// nil (the request could not be parsed).
+func (rw *responseWriter) writeTo(out io.Writer, req *http.Request) error {
+	code, h := rw.status, rw.sent
+	if code == 0 {
+		// The handler neither wrote nor called WriteHeader.
+		code, h = http.StatusOK, rw.header.Clone()
+	}
+	for _, k := range []string{"Content-Length", "Transfer-Encoding", "Trailer", "Connection"} {
+		h.Del(k)
+	}
+	if bodyAllowed(code) {
+		if _, ok := h["Content-Type"]; !ok && rw.body.Len() > 0 {
+			h.Set("Content-Type", http.DetectContentType(rw.body.Bytes()))
+		}
+		h.Set("Content-Length", strconv.FormatInt(rw.written, 10))
+	}
+
+	text := http.StatusText(code)
+	if text == "" {
+		text = "status code " + strconv.Itoa(code)
+	}
+
+	bw := bufio.NewWriterSize(out, 4096)
+	fmt.Fprintf(bw, "HTTP/1.1 %03d %s\r\n", code, text)
+	if err := h.Write(bw); err != nil {
+		return err
+	}
+	bw.WriteString("\r\n")
+	if bodyAllowed(code) && !(req != nil && req.Method == http.MethodHead) {
+		bw.Write(rw.body.Bytes())
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("thaw: writing response: %w", err)
+	}
+	return nil
+}
+
+// parseEnviron splits the buffer filled by WASI environ_get (NUL-terminated
+// "KEY=VALUE" strings) into at most count entries.
+func parseEnviron(buf []byte, count int) []string {
+	env := make([]string, 0, count)
+	for len(buf) > 0 && len(env) < count {
+		i := bytes.IndexByte(buf, 0)
+		if i < 0 {
+			i = len(buf)
+		}
+		env = append(env, string(buf[:i]))
+		if i == len(buf) {
+			break
+		}
+		buf = buf[i+1:]
+	}
+	return env
+}
+
+// replaceEnviron makes env the whole process environment. Entries without
+// "=" or with an empty key are skipped.
+func replaceEnviron(env []string) error {
+	os.Clearenv()
+	var errs []error
+	for _, kv := range env {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			continue
+		}
+		if err := os.Setenv(k, v); err != nil {
+			errs = append(errs, fmt.Errorf("thaw: setting %s: %w", k, err))
+		}
+	}
+	return errors.Join(errs...)
+}
