@@ -27,6 +27,7 @@
 pub mod abi;
 mod digest;
 mod manifest;
+pub mod paths;
 pub mod profile;
 mod reference;
 pub mod sandbox;

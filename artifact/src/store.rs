@@ -8,7 +8,7 @@
 //! | `blobs/sha256/<hex>` | zstd of the bytes whose SHA-256 is `<hex>` |
 //! | `manifests/sha256/<hex>` | manifest JSON whose SHA-256 is `<hex>` |
 //! | `build-cache/<hex>` | the manifest digest built for build-cache key `<hex>` |
-//! | `tags/<name>/<tag>` | the manifest digest `name:tag` points at |
+//! | `tags/<name>/_tag/<tag>` | the manifest digest `name:tag` points at |
 
 use std::sync::Arc;
 
@@ -253,7 +253,7 @@ impl ArtifactStore {
             let Some(rest) = key.strip_prefix("tags/") else {
                 continue;
             };
-            let Some((name, tag)) = rest.rsplit_once('/') else {
+            let Some((name, tag)) = rest.rsplit_once(TAG_SEPARATOR) else {
                 continue;
             };
             // Keys that are not valid references were not written by thaw
@@ -367,6 +367,10 @@ fn cache_path(key: &Digest) -> Path {
     Path::from(format!("build-cache/{}", key.hex()))
 }
 
+/// Between a name and its tag in a key. Name segments start with a letter
+/// or digit, so `_tag` can never be one: `a:b` and `a/b:v1` cannot collide.
+const TAG_SEPARATOR: &str = "/_tag/";
+
 fn tag_path(tag: &TagRef) -> Path {
-    Path::from(format!("tags/{}/{}", tag.name(), tag.tag()))
+    Path::from(format!("tags/{}{TAG_SEPARATOR}{}", tag.name(), tag.tag()))
 }

@@ -130,6 +130,24 @@ async fn manifests_tags_and_cache() {
 }
 
 #[tokio::test]
+async fn nested_names_do_not_collide_with_tags() {
+    // Regression: with `tags/<name>/<tag>` keys, `a:b` was a file where
+    // `a/b:v1` needed a directory.
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::open(dir.path().to_str().unwrap()).unwrap();
+    let blob = store.put_blob(b"module".to_vec().into()).await.unwrap();
+    let digest = store.put_manifest(&manifest_for(&blob)).await.unwrap();
+    let short: TagRef = "a:b".parse().unwrap();
+    let nested: TagRef = "a/b:v1".parse().unwrap();
+    store.set_tag(&short, &digest).await.unwrap();
+    store.set_tag(&nested, &digest).await.unwrap();
+    assert_eq!(
+        store.list_tags().await.unwrap(),
+        vec![(short, digest), (nested, digest)]
+    );
+}
+
+#[tokio::test]
 async fn file_store_persists_across_opens() {
     let dir = tempfile::tempdir().unwrap();
     let location = format!("file://{}", dir.path().join("store").display());

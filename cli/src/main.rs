@@ -1,23 +1,31 @@
 //! `thaw`: build Go edge functions into pre-initialized, precompiled
-//! artifacts, and inspect and export them.
+//! artifacts, serve them, and inspect and export them.
 
 mod progress;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
-use thaw_artifact::{ArtifactStore, Manifest, Reference, TagRef, TargetProfile};
+use thaw_artifact::{ArtifactStore, Manifest, ModuleKind, Reference, TagRef, TargetProfile};
 use thaw_gobuild::{BuildMode, Go};
 use thaw_registry::thaw_compiler::{Compiler, IncrementalCache};
 use thaw_registry::thaw_snapshotter::{DEFAULT_INIT_MAX_MEMORY, SnapshotOptions};
-use thaw_registry::{BuildRequest, Builder};
+use thaw_registry::{BuildOutcome, BuildRequest, Builder};
+use thaw_runner::http::App;
+use thaw_runner::options::{ServeOptions, parse_duration, parse_env};
+use thaw_runner::{Runner, RunnerConfig, function_name};
 
 use crate::progress::{BuildProgress, format_duration};
+
+/// Invoked under this name (a symlink to `thaw`), thaw behaves as
+/// `thaw exec`, so that `GOOS=wasip1 GOARCH=wasm go test` runs through it.
+const GO_EXEC_WRAPPER: &str = "go_wasip1_wasm_exec";
 
 #[derive(Parser)]
 #[command(
@@ -32,9 +40,33 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build a Go package or .wasm file for the host and serve it: the
+    /// whole pipeline in one command.
+    Up(UpArgs),
     /// Build a Go package directory or a .wasm file: snapshot its init and
     /// compile it for each target. Prints the manifest digest.
     Build(BuildArgs),
+    /// Serve stored functions over HTTP.
+    Run {
+        /// `name:tag` or manifest digests. One function is served at `/`;
+        /// several by path prefix `/<name>/` or `Host: <name>.…`.
+        #[arg(required = true)]
+        functions: Vec<Reference>,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        serve: ServeOptions,
+    },
+    /// Run a wasip1 command module like a local program, through the AOT
+    /// pipeline (compiled once, cached by digest): `/` preopened, `PWD` and
+    /// `PATH` passed, 8 MiB of wasm stack, the exit status propagated.
+    Exec {
+        /// The `.wasm` command module.
+        module: PathBuf,
+        /// Its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Show a stored build's manifest.
     Inspect {
         /// `name:tag` or a manifest digest.
@@ -90,35 +122,18 @@ impl StoreArgs {
     fn open(&self) -> Result<ArtifactStore> {
         let location = match &self.store {
             Some(location) => location.clone(),
-            None => thaw_home()?.join("store").display().to_string(),
+            None => thaw_artifact::paths::default_store()
+                .context("no data directory: set THAW_HOME or pass --store")?,
         };
         ArtifactStore::open(&location).with_context(|| format!("opening store {location}"))
     }
 }
 
-/// `$THAW_HOME`, else `$XDG_DATA_HOME/thaw` (usually `~/.local/share/thaw`).
-fn thaw_home() -> Result<PathBuf> {
-    if let Some(home) = std::env::var_os("THAW_HOME") {
-        return Ok(PathBuf::from(home));
-    }
-    dirs::data_dir()
-        .map(|d| d.join("thaw"))
-        .context("no data directory: set THAW_HOME or pass --store")
-}
-
+/// What to build and how to run its init; shared by `build` and `up`.
 #[derive(Args)]
-struct BuildArgs {
+struct SourceArgs {
     /// A Go package directory (built with GOOS=wasip1) or a `.wasm` file.
     path: PathBuf,
-    /// Tag the build as `name:tag`.
-    #[arg(long)]
-    name: Option<TagRef>,
-    /// A target triple; repeat for several. Defaults to the host's.
-    #[arg(long = "target")]
-    targets: Vec<String>,
-    /// Print the whole manifest as JSON instead of its digest.
-    #[arg(long)]
-    json: bool,
     /// An environment variable visible to init, `KEY=VALUE`; repeatable.
     /// Init sees no host environment otherwise.
     #[arg(long = "init-env", value_parser = parse_env)]
@@ -136,27 +151,30 @@ struct BuildArgs {
     store: StoreArgs,
 }
 
-fn parse_env(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .filter(|(k, _)| !k.is_empty())
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+#[derive(Args)]
+struct BuildArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Tag the build as `name:tag`.
+    #[arg(long)]
+    name: Option<TagRef>,
+    /// A target triple; repeat for several. Defaults to the host's.
+    #[arg(long = "target")]
+    targets: Vec<String>,
+    /// Print the whole manifest as JSON instead of its digest.
+    #[arg(long)]
+    json: bool,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (number, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|i| s.split_at(i))
-        .unwrap_or((s, "s"));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 30s or 500ms"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?}: unit must be ms, s or m")),
-    }
+#[derive(Args)]
+struct UpArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Tag the build as `name:tag`. Default: the directory or file name, tag `latest`.
+    #[arg(long)]
+    name: Option<TagRef>,
+    #[command(flatten)]
+    serve: ServeOptions,
 }
 
 fn main() -> std::process::ExitCode {
@@ -167,10 +185,29 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let invoked_as = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let command = if invoked_as.as_deref() == Some(GO_EXEC_WRAPPER) {
+        // go_wasip1_wasm_exec MODULE ARGS...: exactly Go's contract.
+        let mut args = std::env::args_os()
+            .skip(1)
+            .map(|a| a.to_string_lossy().into_owned());
+        let Some(module) = args.next() else {
+            eprintln!("usage: {GO_EXEC_WRAPPER} MODULE.wasm [ARGS...]");
+            return std::process::ExitCode::from(2);
+        };
+        Command::Exec {
+            module: module.into(),
+            args: args.collect(),
+        }
+    } else {
+        Cli::parse().command
+    };
     let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
-    match runtime.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    match runtime.block_on(run(command)) {
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
@@ -178,9 +215,34 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
-    match cli.command {
-        Command::Build(args) => build(args).await,
+async fn run(command: Command) -> Result<u8> {
+    match command {
+        Command::Up(args) => up(args).await?,
+        Command::Build(args) => {
+            let targets = if args.targets.is_empty() {
+                vec![TargetProfile::host()?]
+            } else {
+                args.targets
+                    .iter()
+                    .map(|t| TargetProfile::by_triple(t))
+                    .collect::<Result<_, _>>()?
+            };
+            let outcome = build(&args.source, targets, args.name.clone()).await?;
+            if args.json {
+                std::io::stdout().write_all(&outcome.manifest.to_bytes())?;
+            } else {
+                println!("{}", outcome.manifest_digest);
+            }
+        }
+        Command::Run {
+            functions,
+            store,
+            serve,
+        } => {
+            let store = store.open()?;
+            serve_functions(&store, &functions, &serve, false).await?;
+        }
+        Command::Exec { module, args } => return exec(&module, args).await,
         Command::Inspect {
             reference,
             json,
@@ -192,7 +254,6 @@ async fn run(cli: Cli) -> Result<()> {
             } else {
                 print_summary(&digest.to_string(), &manifest);
             }
-            Ok(())
         }
         Command::Export {
             reference,
@@ -200,72 +261,196 @@ async fn run(cli: Cli) -> Result<()> {
             part,
             output,
             store,
-        } => export(&store.open()?, &reference, &target, part, &output).await,
+        } => export(&store.open()?, &reference, &target, part, &output).await?,
         Command::Ls { store } => {
             for (tag, digest) in store.open()?.list_tags().await? {
                 println!("{tag}\t{digest}");
             }
-            Ok(())
         }
     }
+    Ok(0)
 }
 
-async fn build(args: BuildArgs) -> Result<()> {
-    let store = args.store.open()?;
-    let targets = if args.targets.is_empty() {
-        vec![TargetProfile::host()?]
-    } else {
-        args.targets
-            .iter()
-            .map(|t| TargetProfile::by_triple(t))
-            .collect::<Result<_, _>>()?
-    };
+/// Runs the build pipeline with progress on the terminal.
+async fn build(
+    source: &SourceArgs,
+    targets: Vec<&'static TargetProfile>,
+    tag: Option<TagRef>,
+) -> Result<BuildOutcome> {
+    let store = source.store.open()?;
     let progress = Arc::new(BuildProgress::new());
-    let wasm = read_or_build_module(&args.path, args.go_buildmode, &progress)?;
-
-    let cache = IncrementalCache::in_directory(cache_dir()?.join("cranelift"))
-        .context("opening the compile cache")?;
-    let builder = Builder::new(store, Compiler::with_cache(cache))?;
+    let wasm = read_or_build_module(&source.path, source.go_buildmode, &progress)?;
+    let builder = builder(store)?;
     let request = BuildRequest {
         targets,
         snapshot: SnapshotOptions {
-            init_timeout: args.init_timeout,
-            max_memory: args.init_max_memory_mib << 20,
-            env: args.init_env,
+            init_timeout: source.init_timeout,
+            max_memory: source.init_max_memory_mib << 20,
+            env: source.init_env.clone(),
             ..SnapshotOptions::default()
         },
-        tag: args.name.clone(),
+        tag: tag.clone(),
     };
     let events = progress.clone();
     let outcome = builder
         .build(Bytes::from(wasm), &request, move |e| events.on_event(e))
         .await;
-    let outcome = match outcome {
-        Ok(outcome) => outcome,
+    match outcome {
+        Ok(outcome) => {
+            if let Some(tag) = tag {
+                eprintln!("tagged {tag}");
+            }
+            Ok(outcome)
+        }
         Err(e) => {
             progress.abandon();
-            return Err(e).context(format!("building {}", args.path.display()));
+            Err(e).context(format!("building {}", source.path.display()))
         }
+    }
+}
+
+fn builder(store: ArtifactStore) -> Result<Builder> {
+    let cache_home =
+        thaw_artifact::paths::cache_home().context("no cache directory: set THAW_HOME")?;
+    let cache = IncrementalCache::in_directory(cache_home.join("cranelift"))
+        .context("opening the compile cache")?;
+    Ok(Builder::new(store, Compiler::with_cache(cache))?)
+}
+
+async fn up(args: UpArgs) -> Result<()> {
+    let name = match args.name.clone() {
+        Some(name) => name,
+        None => default_name(&args.source.path)?,
     };
-    if args.json {
-        std::io::stdout().write_all(&outcome.manifest.to_bytes())?;
-    } else {
-        println!("{}", outcome.manifest_digest);
+    let outcome = build(
+        &args.source,
+        vec![TargetProfile::host()?],
+        Some(name.clone()),
+    )
+    .await?;
+    eprintln!("built {name} ({})", outcome.manifest_digest);
+    let store = args.source.store.open()?;
+    serve_functions(&store, &[Reference::Tag(name)], &args.serve, true).await
+}
+
+/// A function name from a path: `examples/hello` → `hello:latest`.
+fn default_name(path: &Path) -> Result<TagRef> {
+    let absolute = std::path::absolute(path)?;
+    let stem = absolute
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let cleaned: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    TagRef::new(cleaned.trim_matches('-'), thaw_artifact::DEFAULT_TAG).with_context(|| {
+        format!(
+            "cannot derive a function name from {}; pass --name",
+            path.display()
+        )
+    })
+}
+
+async fn serve_functions(
+    store: &ArtifactStore,
+    references: &[Reference],
+    options: &ServeOptions,
+    announce_first_request: bool,
+) -> Result<()> {
+    let config = options.runner_config().map_err(anyhow::Error::msg)?;
+    let runner = Runner::new(config)?;
+    let mut functions = Vec::new();
+    for reference in references {
+        let function = runner
+            .load(store, reference)
+            .await
+            .with_context(|| format!("loading {reference}"))?;
+        functions.push((function_name(reference), function));
     }
-    if let Some(name) = &args.name {
-        eprintln!("tagged {name}");
+    let mut app = App::new(
+        functions,
+        options.env.clone(),
+        options.max_body_bytes,
+        options.max_instances as usize,
+    );
+    if announce_first_request {
+        let announced = AtomicBool::new(false);
+        app = app.on_response(move |record| {
+            if !announced.swap(true, Ordering::Relaxed) {
+                let instantiate = record
+                    .instantiate
+                    .map(|d| format!(", instantiate {} µs", d.as_micros()))
+                    .unwrap_or_default();
+                eprintln!(
+                    "first request: {} in {} µs inside the runner{instantiate}",
+                    record.status,
+                    record.total.as_micros()
+                );
+            }
+        });
     }
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("listening on {}", options.listen))?;
+    let address = listener.local_addr()?;
+    let names: Vec<_> = app.names().map(str::to_string).collect();
+    match names.as_slice() {
+        [only] => eprintln!("serving {only} on http://{address}/  (Ctrl-C to stop)"),
+        _ => {
+            for name in &names {
+                eprintln!("serving {name} on http://{address}/{name}/");
+            }
+        }
+    }
+    thaw_runner::serve(listener, app).await?;
     Ok(())
 }
 
-/// Where caches live: `$THAW_HOME/cache`, else the XDG cache directory.
-fn cache_dir() -> Result<PathBuf> {
-    if let Some(home) = std::env::var_os("THAW_HOME") {
-        return Ok(PathBuf::from(home).join("cache"));
+/// `thaw exec`: build (or reuse) the module as a command and run it here.
+async fn exec(module: &Path, args: Vec<String>) -> Result<u8> {
+    let wasm = std::fs::read(module).with_context(|| format!("reading {}", module.display()))?;
+    let store = StoreArgs { store: None }.open()?;
+    let outcome = builder(store.clone())?
+        .build(
+            Bytes::from(wasm),
+            &BuildRequest::new(vec![TargetProfile::host()?]),
+            |_| {},
+        )
+        .await
+        .with_context(|| format!("compiling {}", module.display()))?;
+    if outcome.manifest.kind != ModuleKind::Command {
+        bail!(
+            "{} is a reactor; `thaw exec` runs commands (serve reactors with `thaw run`)",
+            module.display()
+        );
     }
-    dirs::cache_dir()
-        .map(|d| d.join("thaw"))
-        .context("no cache directory: set THAW_HOME")
+    let cache_home =
+        thaw_artifact::paths::cache_home().context("no cache directory: set THAW_HOME")?;
+    let mut config = RunnerConfig::new(cache_home.join("artifacts"));
+    config.max_instances = 1;
+    // A local program, not an edge request: the whole 32-bit address space.
+    config.max_memory = 4 << 30;
+    let runner = Runner::new(config)?;
+    let function = runner
+        .load(&store, &Reference::Digest(outcome.manifest_digest))
+        .await?;
+    let mut argv = vec![module.display().to_string()];
+    argv.extend(args);
+    let mut env = Vec::new();
+    for key in ["PWD", "PATH"] {
+        if let Ok(value) = std::env::var(key) {
+            env.push((key.to_string(), value));
+        }
+    }
+    let code = function.exec(&argv, &env).await?;
+    Ok(u8::try_from(code).unwrap_or(1))
 }
 
 fn read_or_build_module(path: &Path, mode: BuildMode, progress: &BuildProgress) -> Result<Vec<u8>> {

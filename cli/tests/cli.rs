@@ -162,3 +162,106 @@ fn builds_a_go_package_directory() {
         "{summary}"
     );
 }
+
+#[test]
+fn exec_propagates_arguments_and_exit_status() {
+    let home = tempfile::tempdir().unwrap();
+    let module = home.path().join("command.wasm");
+    std::fs::write(
+        &module,
+        build_go("tests/fixtures/go/command", BuildMode::Auto),
+    )
+    .unwrap();
+    let module = module.to_str().unwrap();
+    let out = thaw(home.path(), &["exec", module]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from a command\n"
+    );
+    let out = thaw(home.path(), &["exec", module, "7"]);
+    assert_eq!(out.status.code(), Some(7));
+    let reactor = home.path().join("hello.wasm");
+    std::fs::write(&reactor, build_go("examples/hello", BuildMode::Auto)).unwrap();
+    let err = failed(thaw(home.path(), &["exec", reactor.to_str().unwrap()]));
+    assert!(err.contains("is a reactor"), "{err}");
+}
+
+#[test]
+fn go_test_runs_through_thaw_exec() {
+    // With thaw on PATH as `go_wasip1_wasm_exec`, `GOOS=wasip1 go test`
+    // runs each test binary through the AOT pipeline.
+    let home = tempfile::tempdir().unwrap();
+    let bin = home.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_thaw"), bin.join("go_wasip1_wasm_exec"))
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let sdk = thaw_tests::repo_root().join("sdk/go");
+    let out = thaw_tests::go()
+        .command(&sdk, "wasip1")
+        .args(["test", "-count=1", "./..."])
+        .env("PATH", path)
+        .env("THAW_HOME", home.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ok  \tthaw.dev/thaw"), "{stdout}");
+    // The test binary went through the store as a command build.
+    let manifests = std::fs::read_dir(home.path().join("store/manifests/sha256")).unwrap();
+    assert_eq!(manifests.count(), 1);
+}
+
+#[test]
+fn up_builds_and_serves_then_shuts_down_gracefully() {
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    let home = tempfile::tempdir().unwrap();
+    let dir = thaw_tests::repo_root().join("examples/hello");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_thaw"))
+        .args(["up", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .env("THAW_HOME", home.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let address = loop {
+        line.clear();
+        assert_ne!(
+            stderr.read_line(&mut line).unwrap(),
+            0,
+            "thaw up exited early"
+        );
+        if let Some(rest) = line.strip_prefix("serving hello on http://") {
+            break rest.split('/').next().unwrap().to_string();
+        }
+    };
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(response.ends_with("hello from thaw\n"), "{response}");
+    line.clear();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.starts_with("first request: 200 in "), "{line}");
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert!(child.wait().unwrap().success());
+}

@@ -33,10 +33,21 @@ func init() {
 	mux.HandleFunc("POST /echo", echo)
 	mux.HandleFunc("GET /items/{id}", getItem)
 	mux.HandleFunc("GET /env", env)
+	mux.HandleFunc("POST /visits", visit)
 	thaw.Serve(jsonErrors(mux))
 }
 
 func main() {}
+
+// visits counts POST /visits. Every request runs in a fresh instance
+// restored from the snapshot, so every caller sees 1: no state leaks
+// between requests.
+var visits int
+
+func visit(w http.ResponseWriter, r *http.Request) {
+	visits++
+	writeJSON(w, http.StatusOK, map[string]int{"visits": visits})
+}
 
 func health(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})

@@ -367,7 +367,10 @@ mod tests {
         limits.tag = Some("a:b".parse().unwrap());
         assert_eq!(base, build_key(&source, &limits));
         // Source, targets and init environment do.
-        assert_ne!(base, build_key(&Digest::of(b"other"), &request(&[x86, arm])));
+        assert_ne!(
+            base,
+            build_key(&Digest::of(b"other"), &request(&[x86, arm]))
+        );
         assert_ne!(base, build_key(&source, &request(&[x86])));
         let mut env = request(&[x86, arm]);
         env.snapshot.env = vec![("MODE".into(), "prod".into())];

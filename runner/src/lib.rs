@@ -27,6 +27,10 @@
 
 #![warn(missing_docs)]
 
+pub mod http;
+mod metrics;
+pub mod options;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -41,9 +45,9 @@ use wasmtime::{
     Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig,
     Store, Trap,
 };
-use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wasmtime_wasi::{FsPerms, I32Exit};
 
 /// Why loading or calling a function failed.
 #[derive(Debug, thiserror::Error)]
@@ -305,6 +309,53 @@ impl Runner {
     }
 }
 
+/// The name a function is served under: the tag's name, or the digest's
+/// short form.
+pub fn function_name(reference: &Reference) -> String {
+    match reference {
+        Reference::Tag(tag) => tag.name().to_string(),
+        Reference::Digest(digest) => digest.short(),
+    }
+}
+
+/// Serves `app` on `listener` until Ctrl-C or SIGTERM, then lets in-flight
+/// requests finish.
+pub async fn serve(listener: tokio::net::TcpListener, app: http::App) -> std::io::Result<()> {
+    serve_until(listener, app, shutdown_signal()).await
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then lets
+/// in-flight requests finish.
+pub async fn serve_until(
+    listener: tokio::net::TcpListener,
+    app: http::App,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.router()
+            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
 fn file_digest(path: &Path) -> std::io::Result<Digest> {
     Digest::of_reader(std::fs::File::open(path)?)
 }
@@ -402,6 +453,49 @@ impl Function {
             instantiate,
             total: started.elapsed(),
         })
+    }
+
+    /// Runs a command module like a local program, for `thaw exec`: the
+    /// host's stdio, the host's `/` preopened read-write, `args` as argv
+    /// (the first is the program name) and `env` as the whole environment.
+    /// No deadline. Returns the exit status.
+    pub async fn exec(&self, args: &[String], env: &[(String, String)]) -> Result<i32, RunError> {
+        let mut builder = sandbox::wasi_builder(env);
+        builder
+            .args(args)
+            .inherit_stdio()
+            .preopened_dir("/", "/", FsPerms::ReadWrite)
+            .map_err(|e| RunError::Setup(format!("preopening /: {e:#}")))?;
+        let mut store = Store::new(
+            self.pre.module().engine(),
+            RequestState {
+                wasi: builder.build_p1(),
+                memory: MemoryCap::new(self.config.max_memory),
+            },
+        );
+        store.limiter(|s| &mut s.memory);
+        // Epoch interruption is part of the engine profile; a program run
+        // from a shell gets a deadline far beyond any test timeout.
+        store.set_epoch_deadline(u64::MAX / 2);
+        let result = async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            let entry = instance.get_typed_func::<(), ()>(&mut store, &self.manifest.entry)?;
+            entry.call_async(&mut store, ()).await
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(0),
+            Err(e) => match e.downcast_ref::<I32Exit>() {
+                Some(exit) => Ok(exit.0),
+                None if store.data().memory.was_hit() => {
+                    Err(RunError::MemoryLimit(self.config.max_memory))
+                }
+                None => Err(RunError::Trap {
+                    message: format!("{e:#}"),
+                    stderr: Bytes::new(),
+                }),
+            },
+        }
     }
 
     /// Whether requests run the SDK entry point in a snapshot (reactor) or

@@ -267,8 +267,9 @@ impl Snapshotter {
         );
         store.limiter(|s| &mut s.memory);
 
-        // Wizer always calls `_initialize` first; naming it as the init
-        // function too would run it twice (Go aborts: "randinit twice").
+        // Wizer always calls `_initialize` first, and runs it only once when
+        // it is also the init function. (The Wizer CLI calls it a second time
+        // in that case, which Go aborts with "randinit twice".)
         let init_func = if info.has_pre_snapshot_hook {
             PRE_SNAPSHOT_EXPORT
         } else {

@@ -1,0 +1,626 @@
+//! The HTTP front: routes requests to loaded functions, enforces the
+//! per-request limits, and serves `/healthz` and `/metrics`.
+//!
+//! The request ABI hands the guest a whole request on stdin and reads a
+//! whole response from stdout, so bodies are buffered (and capped) rather
+//! than streamed.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use thaw_artifact::ModuleKind;
+use tokio::sync::Semaphore;
+
+use crate::metrics::{FunctionLabels, Metrics, RequestLabels};
+use crate::{Function, Output, RunError};
+
+/// Default cap on request bodies: 10 MiB.
+pub const DEFAULT_MAX_BODY: usize = 10 << 20;
+
+/// Headers that describe one hop, not the message: never forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+];
+
+/// What one finished request looked like, for callers that want to report it.
+#[derive(Clone, Debug)]
+pub struct AccessRecord {
+    /// The function that served it.
+    pub function: String,
+    /// The status sent.
+    pub status: u16,
+    /// Time to create the instance, when one was created.
+    pub instantiate: Option<Duration>,
+    /// Time inside the runner.
+    pub total: Duration,
+}
+
+/// Called after every request, e.g. to report the first one.
+pub type ResponseHook = Box<dyn Fn(&AccessRecord) + Send + Sync>;
+
+/// The functions served, and how.
+pub struct App {
+    functions: BTreeMap<String, Arc<Function>>,
+    env: Vec<(String, String)>,
+    max_body: usize,
+    slots: Arc<Semaphore>,
+    metrics: Metrics,
+    request_ids: AtomicU64,
+    on_response: Option<ResponseHook>,
+}
+
+impl App {
+    /// Serves `functions` (by name). `env` is the environment every
+    /// function sees, before per-request metadata. At most
+    /// `max_concurrency` requests run at once; the rest get 503.
+    pub fn new(
+        functions: impl IntoIterator<Item = (String, Function)>,
+        env: Vec<(String, String)>,
+        max_body: usize,
+        max_concurrency: usize,
+    ) -> Self {
+        Self {
+            functions: functions
+                .into_iter()
+                .map(|(name, f)| (name, Arc::new(f)))
+                .collect(),
+            env,
+            max_body,
+            slots: Arc::new(Semaphore::new(max_concurrency)),
+            metrics: Metrics::default(),
+            request_ids: AtomicU64::new(1),
+            on_response: None,
+        }
+    }
+
+    /// Calls `hook` after every request.
+    pub fn on_response(mut self, hook: impl Fn(&AccessRecord) + Send + Sync + 'static) -> Self {
+        self.on_response = Some(Box::new(hook));
+        self
+    }
+
+    /// The names served.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.functions.keys().map(String::as_str)
+    }
+
+    /// The axum router.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/metrics", get(metrics))
+            .fallback(handle)
+            .with_state(Arc::new(self))
+    }
+
+    /// Picks the function for a request: by `Host` (`name.example.com`),
+    /// then by path prefix (`/name/...`, stripped), then the only function.
+    fn route<'a>(
+        &'a self,
+        host: Option<&str>,
+        path: &'a str,
+    ) -> Option<(&'a str, &'a Arc<Function>, &'a str)> {
+        if let Some(host) = host {
+            let label = host.split([':', '.']).next().unwrap_or_default();
+            if let Some((name, f)) = self.functions.get_key_value(label) {
+                return Some((name, f, path));
+            }
+        }
+        let by_prefix = self
+            .functions
+            .iter()
+            .filter_map(|(name, f)| {
+                let rest = path.strip_prefix('/')?.strip_prefix(name.as_str())?;
+                (rest.is_empty() || rest.starts_with('/')).then_some((name, f, rest))
+            })
+            .max_by_key(|(name, _, _)| name.len());
+        if let Some((name, f, rest)) = by_prefix {
+            return Some((name, f, if rest.is_empty() { "/" } else { rest }));
+        }
+        if self.functions.len() == 1 {
+            let (name, f) = self.functions.iter().next()?;
+            return Some((name, f, path));
+        }
+        None
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.encode(),
+    )
+}
+
+/// A short plain-text error, with the reason the client may act on.
+fn error(status: StatusCode, reason: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{reason}\n"),
+    )
+        .into_response()
+}
+
+async fn handle(
+    State(app): State<Arc<App>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let started = Instant::now();
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let Some((name, function, guest_path)) = app.route(host.as_deref(), &path_and_query) else {
+        let names: Vec<_> = app.names().collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "no function serves {path_and_query}; serving: {}",
+                names.join(", ")
+            ),
+        );
+    };
+    let (name, function, guest_path) = (name.to_string(), function.clone(), guest_path.to_string());
+    let request_id = app.request_ids.fetch_add(1, Ordering::Relaxed);
+    let method = request.method().to_string();
+
+    let (response, instantiate) = run(
+        &app,
+        &name,
+        &function,
+        &guest_path,
+        remote,
+        request_id,
+        request,
+    )
+    .await;
+    let status = response.status().as_u16();
+    let total = started.elapsed();
+    app.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            function: name.clone(),
+            status,
+        })
+        .inc();
+    let labels = FunctionLabels {
+        function: name.clone(),
+    };
+    app.metrics
+        .latency
+        .get_or_create(&labels)
+        .observe(total.as_secs_f64());
+    if let Some(instantiate) = instantiate {
+        app.metrics
+            .instantiation
+            .get_or_create(&labels)
+            .observe(instantiate.as_secs_f64());
+    }
+    tracing::info!(
+        target: "thaw::access",
+        request_id, function = %name, %method, path = %path_and_query, status,
+        total_us = total.as_micros() as u64,
+        instantiate_us = instantiate.map(|d| d.as_micros() as u64),
+        "request"
+    );
+    if let Some(hook) = &app.on_response {
+        hook(&AccessRecord {
+            function: name,
+            status,
+            instantiate,
+            total,
+        });
+    }
+    response
+}
+
+async fn run(
+    app: &App,
+    name: &str,
+    function: &Function,
+    guest_path: &str,
+    remote: SocketAddr,
+    request_id: u64,
+    request: Request,
+) -> (Response, Option<Duration>) {
+    let Ok(_slot) = app.slots.clone().try_acquire_owned() else {
+        app.metrics.limit_hit(name, "concurrency");
+        let mut response = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "all instances are busy; retry shortly",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return (response, None);
+    };
+    let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = || {
+        app.metrics.limit_hit(name, "body");
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body exceeds {} bytes", app.max_body),
+        )
+    };
+    if declared.is_some_and(|n| n > app.max_body) {
+        return (too_large(), None);
+    }
+    let body = match axum::body::to_bytes(body, app.max_body).await {
+        Ok(body) => body,
+        Err(_) if declared.is_none() => return (too_large(), None),
+        Err(e) => {
+            return (
+                error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("reading the request body: {e}"),
+                ),
+                None,
+            );
+        }
+    };
+
+    let mut env = app.env.clone();
+    env.push(("THAW_FUNCTION".into(), name.to_string()));
+    env.push(("THAW_REQUEST_ID".into(), request_id.to_string()));
+    env.push(("THAW_REMOTE_ADDR".into(), remote.to_string()));
+    let stdin = match function.kind() {
+        ModuleKind::Reactor => {
+            http1_request(parts.method.as_str(), guest_path, &parts.headers, &body)
+        }
+        ModuleKind::Command => {
+            env.extend(cgi_env(
+                parts.method.as_str(),
+                guest_path,
+                &parts.headers,
+                &body,
+                remote,
+            ));
+            body.to_vec()
+        }
+    };
+
+    app.metrics.in_flight.inc();
+    let result = function.call(stdin, &env).await;
+    app.metrics.in_flight.dec();
+    match result {
+        Ok(output) => {
+            let instantiate = Some(output.instantiate);
+            (guest_response(app, name, function, output), instantiate)
+        }
+        Err(e) => (run_error(app, name, e), None),
+    }
+}
+
+fn run_error(app: &App, name: &str, e: RunError) -> Response {
+    let (status, reason) = match &e {
+        RunError::Timeout(limit) => {
+            app.metrics.limit_hit(name, "deadline");
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("function exceeded its {limit:?} deadline"),
+            )
+        }
+        RunError::MemoryLimit(limit) => {
+            app.metrics.limit_hit(name, "memory");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("function exceeded its {} MiB memory cap", limit >> 20),
+            )
+        }
+        RunError::Trap { .. } | RunError::Exit { .. } => {
+            app.metrics
+                .traps
+                .get_or_create(&FunctionLabels {
+                    function: name.to_string(),
+                })
+                .inc();
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "function crashed".to_string(),
+            )
+        }
+        _ => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error".to_string(),
+        ),
+    };
+    let stderr = match &e {
+        RunError::Trap { stderr, .. } | RunError::Exit { stderr, .. } => {
+            String::from_utf8_lossy(stderr).into_owned()
+        }
+        _ => String::new(),
+    };
+    tracing::warn!(function = %name, error = %e, guest_stderr = %stderr, "request failed");
+    error(status, &reason)
+}
+
+fn guest_response(app: &App, name: &str, function: &Function, output: Output) -> Response {
+    if !output.stderr.is_empty() {
+        tracing::info!(function = %name, stderr = %String::from_utf8_lossy(&output.stderr), "guest stderr");
+    }
+    if output.stdout.len() >= function.config.max_stdout {
+        app.metrics.limit_hit(name, "response");
+        return error(
+            StatusCode::BAD_GATEWAY,
+            &format!(
+                "function response exceeds {} bytes",
+                function.config.max_stdout
+            ),
+        );
+    }
+    let parsed = match function.kind() {
+        ModuleKind::Reactor => parse_http1_response(&output.stdout),
+        ModuleKind::Command => parse_cgi_response(&output.stdout),
+    };
+    match parsed {
+        Ok(response) => response,
+        Err(reason) => {
+            tracing::warn!(function = %name, %reason, "malformed function response");
+            error(
+                StatusCode::BAD_GATEWAY,
+                &format!("function sent a malformed response: {reason}"),
+            )
+        }
+    }
+}
+
+/// Serializes a request in HTTP/1.1 wire format for the SDK to parse.
+fn http1_request(method: &str, path: &str, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + body.len());
+    out.extend_from_slice(format!("{method} {path} HTTP/1.1\r\n").as_bytes());
+    for (name, value) in headers {
+        if HOP_BY_HOP.contains(&name.as_str()) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// CGI/1.1 meta-variables (RFC 3875) for a command module.
+fn cgi_env(
+    method: &str,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    remote: SocketAddr,
+) -> Vec<(String, String)> {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let mut env = vec![
+        ("GATEWAY_INTERFACE".into(), "CGI/1.1".into()),
+        ("SERVER_PROTOCOL".into(), "HTTP/1.1".into()),
+        (
+            "SERVER_SOFTWARE".into(),
+            format!("thaw-runner/{}", env!("CARGO_PKG_VERSION")),
+        ),
+        ("REQUEST_METHOD".into(), method.to_string()),
+        ("SCRIPT_NAME".into(), String::new()),
+        ("PATH_INFO".into(), path.to_string()),
+        ("QUERY_STRING".into(), query.to_string()),
+        ("REQUEST_URI".into(), path_and_query.to_string()),
+        ("REMOTE_ADDR".into(), remote.ip().to_string()),
+        ("REMOTE_PORT".into(), remote.port().to_string()),
+        ("CONTENT_LENGTH".into(), body.len().to_string()),
+    ];
+    if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        let (name, port) = host.split_once(':').unwrap_or((host, "80"));
+        env.push(("SERVER_NAME".into(), name.to_string()));
+        env.push(("SERVER_PORT".into(), port.to_string()));
+    }
+    if let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok())
+    {
+        env.push(("CONTENT_TYPE".into(), ct.to_string()));
+    }
+    for (name, value) in headers {
+        if HOP_BY_HOP.contains(&name.as_str()) || name == header::CONTENT_TYPE {
+            continue;
+        }
+        if let Ok(value) = value.to_str() {
+            let key = format!(
+                "HTTP_{}",
+                name.as_str().to_ascii_uppercase().replace('-', "_")
+            );
+            env.push((key, value.to_string()));
+        }
+    }
+    env
+}
+
+fn build_response(
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Bytes,
+) -> Result<Response, String> {
+    let status = StatusCode::from_u16(status).map_err(|e| e.to_string())?;
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    for (name, value) in headers {
+        if HOP_BY_HOP.contains(&name.to_ascii_lowercase().as_str()) {
+            continue;
+        }
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+        let value = HeaderValue::from_bytes(&value).map_err(|e| e.to_string())?;
+        response.headers_mut().append(name, value);
+    }
+    Ok(response)
+}
+
+/// Parses the SDK's HTTP/1.1 response.
+fn parse_http1_response(raw: &Bytes) -> Result<Response, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let head_len = match parsed.parse(raw).map_err(|e| e.to_string())? {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return Err("incomplete response head".into()),
+    };
+    let status = parsed.code.ok_or("no status code")?;
+    let mut body = raw.slice(head_len..);
+    let mut pairs = Vec::new();
+    for h in parsed.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let length: usize = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or("bad Content-Length")?;
+            if length > body.len() {
+                return Err(format!(
+                    "Content-Length {length} but only {} body bytes",
+                    body.len()
+                ));
+            }
+            body.truncate(length);
+        }
+        pairs.push((h.name.to_string(), h.value.to_vec()));
+    }
+    build_response(status, pairs, body)
+}
+
+/// Parses a CGI response: header lines, a blank line, the body. `Status:`
+/// sets the status; `Location:` alone means a redirect.
+fn parse_cgi_response(raw: &Bytes) -> Result<Response, String> {
+    let (head_end, sep) = match (
+        raw.windows(4).position(|w| w == b"\r\n\r\n"),
+        raw.windows(2).position(|w| w == b"\n\n"),
+    ) {
+        (Some(crlf), Some(lf)) if lf < crlf => (lf, 2),
+        (Some(crlf), _) => (crlf, 4),
+        (None, Some(lf)) => (lf, 2),
+        (None, None) => return Err("no blank line after the CGI headers".into()),
+    };
+    let head = std::str::from_utf8(&raw[..head_end]).map_err(|_| "CGI headers are not UTF-8")?;
+    let mut status = None;
+    let mut has_location = false;
+    let mut pairs = Vec::new();
+    for line in head
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.is_empty())
+    {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| format!("bad CGI header line {line:?}"))?;
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("status") {
+            let code = value.split_whitespace().next().and_then(|c| c.parse().ok());
+            status = Some(code.ok_or_else(|| format!("bad Status {value:?}"))?);
+            continue;
+        }
+        has_location |= name.eq_ignore_ascii_case("location");
+        pairs.push((name.to_string(), value.as_bytes().to_vec()));
+    }
+    let status = status.unwrap_or(if has_location { 302 } else { 200 });
+    build_response(status, pairs, raw.slice(head_end + sep..))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_requests_without_hop_by_hop_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("x"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        let raw = http1_request("POST", "/a?b=1", &headers, b"hi");
+        assert_eq!(
+            String::from_utf8(raw).unwrap(),
+            "POST /a?b=1 HTTP/1.1\r\nhost: x\r\nContent-Length: 2\r\n\r\nhi"
+        );
+    }
+
+    #[test]
+    fn parses_sdk_responses_and_rejects_truncated_ones() {
+        let ok = parse_http1_response(&Bytes::from_static(
+            b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nokEXTRA",
+        ))
+        .unwrap();
+        assert_eq!(ok.status(), 201);
+        assert_eq!(ok.headers()["x-a"], "1");
+        assert!(
+            parse_http1_response(&Bytes::from_static(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort"
+            ))
+            .is_err()
+        );
+        assert!(parse_http1_response(&Bytes::from_static(b"garbage")).is_err());
+    }
+
+    #[test]
+    fn parses_cgi_responses() {
+        let r = parse_cgi_response(&Bytes::from_static(
+            b"Status: 404 Not Found\nContent-Type: text/plain\n\nnope",
+        ))
+        .unwrap();
+        assert_eq!(r.status(), 404);
+        assert_eq!(r.headers()["content-type"], "text/plain");
+        let r = parse_cgi_response(&Bytes::from_static(b"Location: /x\r\n\r\n")).unwrap();
+        assert_eq!(r.status(), 302);
+        assert!(parse_cgi_response(&Bytes::from_static(b"no blank line")).is_err());
+    }
+
+    #[test]
+    fn cgi_env_follows_rfc_3875() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("example.com:8080"));
+        headers.insert("x-trace", HeaderValue::from_static("abc"));
+        let env: BTreeMap<_, _> = cgi_env(
+            "GET",
+            "/p/q?x=1",
+            &headers,
+            b"",
+            "127.0.0.1:5000".parse().unwrap(),
+        )
+        .into_iter()
+        .collect();
+        assert_eq!(env["PATH_INFO"], "/p/q");
+        assert_eq!(env["QUERY_STRING"], "x=1");
+        assert_eq!(env["SERVER_PORT"], "8080");
+        assert_eq!(env["HTTP_X_TRACE"], "abc");
+        assert_eq!(env["REMOTE_ADDR"], "127.0.0.1");
+    }
+}

@@ -1,0 +1,69 @@
+//! `thaw-runner`: the minimal edge binary. Serves stored, precompiled
+//! functions over HTTP, one fresh sandboxed instance per request.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use thaw_artifact::{ArtifactStore, Reference};
+use thaw_runner::http::App;
+use thaw_runner::options::ServeOptions;
+use thaw_runner::{Runner, function_name, serve};
+
+#[derive(Parser)]
+#[command(
+    name = "thaw-runner",
+    version,
+    about = "Serve precompiled thaw functions"
+)]
+struct Args {
+    /// Functions to serve: `name:tag` or manifest digests. One function is
+    /// served at `/`; several by path prefix `/<name>/` or `Host: <name>.…`.
+    #[arg(required = true)]
+    functions: Vec<Reference>,
+    /// The trusted store: a directory, `file:///path` or `memory://`.
+    /// Default: `$THAW_HOME/store`, else `~/.local/share/thaw/store`.
+    #[arg(long, env = "THAW_STORE")]
+    store: Option<String>,
+    #[command(flatten)]
+    serve: ServeOptions,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("THAW_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let location = match args.store {
+        Some(location) => location,
+        None => thaw_artifact::paths::default_store()
+            .context("no data directory: set THAW_HOME or pass --store")?,
+    };
+    let store =
+        ArtifactStore::open(&location).with_context(|| format!("opening store {location}"))?;
+    let config = args.serve.runner_config().map_err(anyhow::Error::msg)?;
+    let runner = Runner::new(config)?;
+    let mut functions = Vec::new();
+    for reference in &args.functions {
+        let function = runner
+            .load(&store, reference)
+            .await
+            .with_context(|| format!("loading {reference}"))?;
+        functions.push((function_name(reference), function));
+    }
+    let app = App::new(
+        functions,
+        args.serve.env.clone(),
+        args.serve.max_body_bytes,
+        args.serve.max_instances as usize,
+    );
+    let listener = tokio::net::TcpListener::bind(args.serve.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.serve.listen))?;
+    let names: Vec<_> = app.names().map(str::to_string).collect();
+    tracing::info!(address = %listener.local_addr()?, functions = ?names, "serving");
+    serve(listener, app).await?;
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! Prometheus metrics of the HTTP front.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub function: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionLabels {
+    pub function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub function: String,
+    pub limit: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 10 µs to ~40 s: instantiation is microseconds, a slow request seconds.
+    Histogram::new(exponential_buckets(0.000_01, 2.5, 17))
+}
+
+/// Every metric the runner exports.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: Family<FunctionLabels, Histogram, fn() -> Histogram>,
+    pub instantiation: Family<FunctionLabels, Histogram, fn() -> Histogram>,
+    pub traps: Family<FunctionLabels, Counter>,
+    pub limit_hits: Family<LimitLabels, Counter>,
+    pub in_flight: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("thaw");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let instantiation = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let traps = Family::<FunctionLabels, Counter>::default();
+        let limit_hits = Family::<LimitLabels, Counter>::default();
+        let in_flight = Gauge::default();
+        registry.register(
+            "requests",
+            "Requests served, by function and status",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Request latency inside the runner, by function",
+            latency.clone(),
+        );
+        registry.register(
+            "instantiation_duration_seconds",
+            "Time to create a fresh instance, by function",
+            instantiation.clone(),
+        );
+        registry.register("traps", "Requests that trapped, by function", traps.clone());
+        registry.register(
+            "limit_hits",
+            "Requests refused or stopped by a limit (deadline, memory, body, response, concurrency)",
+            limit_hits.clone(),
+        );
+        registry.register(
+            "instances_in_flight",
+            "Instances running now",
+            in_flight.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            instantiation,
+            traps,
+            limit_hits,
+            in_flight,
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String does not fail");
+        out
+    }
+
+    pub fn limit_hit(&self, function: &str, limit: &'static str) {
+        self.limit_hits
+            .get_or_create(&LimitLabels {
+                function: function.to_string(),
+                limit,
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,105 @@
+//! Command-line options shared by `thaw-runner` and `thaw run`/`thaw up`,
+//! so every tunable has one definition, one default and one env override.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::http::DEFAULT_MAX_BODY;
+use crate::{
+    DEFAULT_MAX_INSTANCES, DEFAULT_MAX_MEMORY, DEFAULT_MAX_STDERR, DEFAULT_MAX_STDOUT, RunnerConfig,
+};
+
+/// Default `--listen`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// Serving options.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServeOptions {
+    /// Address to listen on.
+    #[arg(long, env = "THAW_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Instances that may run at once; more concurrent requests get 503.
+    #[arg(long, env = "THAW_MAX_INSTANCES", default_value_t = DEFAULT_MAX_INSTANCES)]
+    pub max_instances: u32,
+    /// Linear-memory cap per instance, in MiB.
+    #[arg(long, env = "THAW_MAX_MEMORY_MIB", default_value_t = DEFAULT_MAX_MEMORY >> 20)]
+    pub max_memory_mib: u64,
+    /// Wall-clock deadline per request, e.g. `10s`, `250ms`.
+    #[arg(long, env = "THAW_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Largest request body accepted, in bytes; larger gets 413.
+    #[arg(long, env = "THAW_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY)]
+    pub max_body_bytes: usize,
+    /// Largest response a function may write, in bytes; larger gets 502.
+    #[arg(long, env = "THAW_MAX_RESPONSE_BYTES", default_value_t = DEFAULT_MAX_STDOUT)]
+    pub max_response_bytes: usize,
+    /// An environment variable every function sees, `KEY=VALUE`; repeatable.
+    #[arg(long = "env", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Directory of verified artifacts. Default: `<cache home>/artifacts`.
+    #[arg(long, env = "THAW_ARTIFACT_CACHE")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl ServeOptions {
+    /// The runner configuration these options describe.
+    pub fn runner_config(&self) -> Result<RunnerConfig, String> {
+        let cache_dir = match &self.cache_dir {
+            Some(dir) => dir.clone(),
+            None => thaw_artifact::paths::cache_home()
+                .ok_or("no cache directory: set THAW_HOME or pass --cache-dir")?
+                .join("artifacts"),
+        };
+        Ok(RunnerConfig {
+            cache_dir,
+            max_instances: self.max_instances,
+            max_memory: self.max_memory_mib << 20,
+            request_timeout: self.request_timeout,
+            max_stdout: self.max_response_bytes,
+            max_stderr: DEFAULT_MAX_STDERR,
+        })
+    }
+}
+
+/// Parses `KEY=VALUE`.
+pub fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+/// Parses `500ms`, `30s`, `2m` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s or 500ms"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: the unit must be ms, s or m")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations_and_env() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("3h").is_err());
+        assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert!(parse_env("=x").is_err());
+        assert!(parse_env("novalue").is_err());
+    }
+}

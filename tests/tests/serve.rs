@@ -1,0 +1,310 @@
+//! The runner's HTTP front over real loopback HTTP: routing, status codes,
+//! per-request isolation and every per-request limit.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use thaw_artifact::{ArtifactStore, Reference, TargetProfile};
+use thaw_gobuild::BuildMode;
+use thaw_registry::thaw_compiler::Compiler;
+use thaw_registry::{BuildRequest, Builder};
+use thaw_runner::http::App;
+use thaw_runner::{Runner, RunnerConfig, function_name};
+use thaw_tests::build_go;
+use tokio::sync::oneshot;
+
+/// Builds the given Go packages into one store, tagged by their last path
+/// segment.
+async fn store_with(packages: &[&str]) -> ArtifactStore {
+    let store = ArtifactStore::open("memory://").unwrap();
+    let builder = Builder::new(store.clone(), Compiler::new()).unwrap();
+    for package in packages {
+        let name = package.rsplit('/').next().unwrap();
+        let mut request = BuildRequest::new(vec![TargetProfile::host().unwrap()]);
+        request.tag = Some(format!("{name}:v1").parse().unwrap());
+        builder
+            .build(build_go(package, BuildMode::Auto).into(), &request, |_| {})
+            .await
+            .unwrap();
+    }
+    store
+}
+
+struct Server {
+    base: String,
+    _stop: oneshot::Sender<()>,
+    _cache: tempfile::TempDir,
+}
+
+async fn serve(
+    store: &ArtifactStore,
+    names: &[&str],
+    configure: impl FnOnce(&mut RunnerConfig),
+    max_body: usize,
+) -> Server {
+    let cache = tempfile::tempdir().unwrap();
+    let mut config = RunnerConfig::new(cache.path());
+    configure(&mut config);
+    let max_instances = config.max_instances as usize;
+    let runner = Runner::new(config).unwrap();
+    let mut functions = Vec::new();
+    for name in names {
+        let reference: Reference = format!("{name}:v1").parse().unwrap();
+        functions.push((
+            function_name(&reference),
+            runner.load(store, &reference).await.unwrap(),
+        ));
+    }
+    let app = App::new(
+        functions,
+        vec![("GREETING".into(), "hi".into())],
+        max_body,
+        max_instances,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address: SocketAddr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(thaw_runner::serve_until(listener, app, async {
+        let _ = stopped.await;
+    }));
+    Server {
+        base: format!("http://{address}"),
+        _stop: stop,
+        _cache: cache,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serves_json_api_and_hello_over_http_with_routing_and_metrics() {
+    let store = store_with(&["examples/json-api", "examples/hello"]).await;
+    let server = serve(&store, &["json-api", "hello"], |_| {}, 1 << 20).await;
+    let client = reqwest::Client::new();
+    let base = &server.base;
+
+    // Path-prefix routing strips the prefix.
+    let health = client
+        .get(format!("{base}/json-api/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.headers()["content-type"], "application/json");
+    assert_eq!(health.text().await.unwrap().trim(), r#"{"ok":true}"#);
+
+    let echo = client
+        .post(format!("{base}/json-api/echo"))
+        .header("content-type", "application/json")
+        .body(r#"{"name":"edge"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echo.status(), 200);
+    assert_eq!(
+        echo.text().await.unwrap().trim(),
+        r#"{"greeting":"hello, edge"}"#
+    );
+
+    let invalid = client
+        .post(format!("{base}/json-api/echo"))
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(invalid.status(), 400);
+    let missing = client
+        .get(format!("{base}/json-api/items/7"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        missing.text().await.unwrap().trim(),
+        r#"{"error":"item 7 not found"}"#
+    );
+    let wrong_method = client
+        .put(format!("{base}/json-api/items/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.status(), 405);
+    assert_eq!(wrong_method.headers()["allow"], "GET, HEAD");
+
+    // The configured environment reaches the function through the SDK.
+    let env = client
+        .get(format!("{base}/json-api/env"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(env.text().await.unwrap().trim(), r#"{"FUNCTION_MODE":""}"#);
+
+    // Host-header routing.
+    let hello = client
+        .get(format!("{base}/"))
+        .header("host", "hello.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hello.text().await.unwrap(), "hello from thaw\n");
+
+    let nowhere = client
+        .get(format!("{base}/nothing/here"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nowhere.status(), 404);
+    assert!(
+        nowhere
+            .text()
+            .await
+            .unwrap()
+            .contains("serving: hello, json-api")
+    );
+
+    assert_eq!(
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"thaw_requests_total{function="json-api",status="404"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("thaw_instantiation_duration_seconds_count{function=\"hello\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_request_gets_a_fresh_instance() {
+    let store = store_with(&["examples/json-api"]).await;
+    let server = serve(&store, &["json-api"], |_| {}, 1 << 20).await;
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let visits = client
+            .post(format!("{}/visits", server.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(visits.text().await.unwrap().trim(), r#"{"visits":1}"#);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_give_the_right_status_while_good_requests_succeed() {
+    let store = store_with(&["tests/fixtures/go/misbehave"]).await;
+    let server = serve(
+        &store,
+        &["misbehave"],
+        |config| {
+            config.request_timeout = Duration::from_secs(2);
+            config.max_memory = 128 << 20;
+            config.max_stdout = 1 << 20;
+        },
+        1024,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let base = server.base.clone();
+    let get = |path: &'static str| {
+        let (client, base) = (client.clone(), base.clone());
+        tokio::spawn(async move {
+            let response = client.get(format!("{base}{path}")).send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        })
+    };
+    let spin = get("/spin");
+    let panic = get("/panic");
+    let grow = get("/grow");
+    let big = get("/big?n=xx");
+    // While the spinning request holds its instance, others are served.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = get("/ok").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "fine\n"));
+    assert!(!spin.is_finished(), "the deadline fired early");
+    let oversize = client
+        .post(format!("{base}/ok"))
+        .body(vec![b'x'; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oversize.status(), 413);
+
+    let (status, body) = spin.await.unwrap();
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("deadline"), "{body}");
+    assert_eq!(panic.await.unwrap().0, 500);
+    let (status, body) = grow.await.unwrap();
+    assert_eq!(status, 500);
+    assert!(body.contains("memory cap"), "{body}");
+    let (status, body) = big.await.unwrap();
+    assert_eq!(status, 502);
+    assert!(body.contains("exceeds"), "{body}");
+
+    let (status, _) = get("/ok").await.unwrap();
+    assert_eq!(status, 200);
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for limit in ["deadline", "memory", "body", "response"] {
+        assert!(
+            metrics.contains(&format!(
+                r#"thaw_limit_hits_total{{function="misbehave",limit="{limit}"}} 1"#
+            )),
+            "{limit}: {metrics}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_runner_answers_503_with_retry_after() {
+    let store = store_with(&["tests/fixtures/go/misbehave"]).await;
+    let server = serve(
+        &store,
+        &["misbehave"],
+        |config| {
+            config.max_instances = 1;
+            config.request_timeout = Duration::from_secs(2);
+        },
+        1024,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let spin = tokio::spawn({
+        let url = format!("{}/spin", server.base);
+        let client = client.clone();
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let busy = client
+        .get(format!("{}/ok", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(busy.status(), 503);
+    assert_eq!(busy.headers()["retry-after"], "1");
+    assert_eq!(spin.await.unwrap(), 504);
+    let ok = client
+        .get(format!("{}/ok", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
