@@ -25,6 +25,9 @@ use crate::{BlobRef, Digest, Manifest, ManifestError, Reference, TagRef};
 /// already gets most of the ratio, and higher levels cost seconds per build.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
+/// The most [`ArtifactStore::check_integrity`] decompresses of one blob.
+const MAX_CHECKED_BLOB: u64 = 4 << 30;
+
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -303,6 +306,53 @@ impl ArtifactStore {
             .put(&cache_path(key), PutPayload::from(manifest.to_string()))
             .await?;
         Ok(())
+    }
+
+    /// Checks every invariant of the store and returns what is wrong (empty
+    /// when healthy): each blob decodes to its digest, each manifest matches
+    /// its digest and names only present blobs, each tag and build-cache
+    /// entry names a present manifest.
+    pub async fn check_integrity(&self) -> Result<Vec<String>, StoreError> {
+        let objects: Vec<_> = self.objects.list(None).try_collect().await?;
+        let mut problems = Vec::new();
+        for meta in objects {
+            let key = meta.location.as_ref().to_string();
+            if let Some(hex) = key.strip_prefix("blobs/sha256/") {
+                let bytes = self.read(&meta.location, || key.clone()).await?;
+                let decoded = zstd::stream::Decoder::new(&bytes[..])
+                    .and_then(|d| Digest::of_reader(std::io::Read::take(d, MAX_CHECKED_BLOB)));
+                match decoded {
+                    Ok(digest) if digest.hex() == hex => {}
+                    Ok(digest) => problems.push(format!("{key}: holds {digest}")),
+                    Err(e) => problems.push(format!("{key}: does not decode: {e}")),
+                }
+            } else if let Some(hex) = key.strip_prefix("manifests/sha256/") {
+                let Ok(digest) = format!("sha256:{hex}").parse::<Digest>() else {
+                    problems.push(format!("{key}: not a digest key"));
+                    continue;
+                };
+                match self.get_manifest(&digest).await {
+                    Ok(manifest) => {
+                        for blob in manifest.blobs() {
+                            if !self.has_blob(&blob.digest).await? {
+                                problems.push(format!("{key}: names missing blob {}", blob.digest));
+                            }
+                        }
+                    }
+                    Err(e) => problems.push(format!("{key}: {e}")),
+                }
+            } else if key.starts_with("tags/") || key.starts_with("build-cache/") {
+                let bytes = self.read(&meta.location, || key.clone()).await?;
+                match parse_digest_object(&bytes, || key.clone()) {
+                    Ok(digest) if self.exists(&manifest_path(&digest)).await? => {}
+                    Ok(digest) => problems.push(format!("{key}: names missing manifest {digest}")),
+                    Err(e) => problems.push(e.to_string()),
+                }
+            } else {
+                problems.push(format!("{key}: not a key thaw writes"));
+            }
+        }
+        Ok(problems)
     }
 
     async fn read(&self, path: &Path, what: impl Fn() -> String) -> Result<Bytes, StoreError> {

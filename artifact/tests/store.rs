@@ -68,6 +68,9 @@ async fn tampered_blob_is_refused() {
         .unwrap();
     let err = store.get_blob(&blob).await.unwrap_err();
     assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
+    let problems = store.check_integrity().await.unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains(&blob.digest.hex()), "{problems:?}");
 
     // A blob that decompresses to more than the manifest says is cut off
     // rather than expanded.
@@ -122,6 +125,8 @@ async fn manifests_tags_and_cache() {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+
+    assert_eq!(store.check_integrity().await.unwrap(), Vec::<String>::new());
 
     let key = Digest::of(b"cache key");
     assert_eq!(store.cached_build(&key).await.unwrap(), None);

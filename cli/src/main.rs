@@ -98,6 +98,12 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Check the store's integrity: every blob decodes to its digest, and
+    /// every manifest, tag and build-cache entry points at present data.
+    Fsck {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -180,8 +186,9 @@ struct UpArgs {
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
+            // The access log of `thaw up`/`thaw run` is on by default.
             tracing_subscriber::EnvFilter::try_from_env("THAW_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "warn,thaw::access=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -262,6 +269,16 @@ async fn run(command: Command) -> Result<u8> {
             output,
             store,
         } => export(&store.open()?, &reference, &target, part, &output).await?,
+        Command::Fsck { store } => {
+            let problems = store.open()?.check_integrity().await?;
+            for problem in &problems {
+                println!("{problem}");
+            }
+            if !problems.is_empty() {
+                bail!("{} problem(s) found", problems.len());
+            }
+            eprintln!("store is consistent");
+        }
         Command::Ls { store } => {
             for (tag, digest) in store.open()?.list_tags().await? {
                 println!("{tag}\t{digest}");
@@ -379,7 +396,7 @@ async fn serve_functions(
         options.env.clone(),
         options.max_body_bytes,
         options.max_instances as usize,
-    );
+    )?;
     if announce_first_request {
         let announced = AtomicBool::new(false);
         app = app.on_response(move |record| {
@@ -416,7 +433,10 @@ async fn serve_functions(
 /// `thaw exec`: build (or reuse) the module as a command and run it here.
 async fn exec(module: &Path, args: Vec<String>) -> Result<u8> {
     let wasm = std::fs::read(module).with_context(|| format!("reading {}", module.display()))?;
-    let store = StoreArgs { store: None }.open()?;
+    let store = StoreArgs {
+        store: std::env::var("THAW_STORE").ok(),
+    }
+    .open()?;
     let outcome = builder(store.clone())?
         .build(
             Bytes::from(wasm),

@@ -254,8 +254,18 @@ fn up_builds_and_serves_then_shuts_down_gracefully() {
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     assert!(response.ends_with("hello from thaw\n"), "{response}");
-    line.clear();
-    stderr.read_line(&mut line).unwrap();
+    // The access log may come first.
+    loop {
+        line.clear();
+        assert_ne!(
+            stderr.read_line(&mut line).unwrap(),
+            0,
+            "no first-request line"
+        );
+        if line.starts_with("first request: ") {
+            break;
+        }
+    }
     assert!(line.starts_with("first request: 200 in "), "{line}");
 
     let kill = Command::new("kill")
@@ -264,4 +274,53 @@ fn up_builds_and_serves_then_shuts_down_gracefully() {
         .unwrap();
     assert!(kill.success());
     assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn a_build_killed_at_any_point_leaves_a_consistent_store() {
+    let home = tempfile::tempdir().unwrap();
+    let module = home.path().join("json-api.wasm");
+    std::fs::write(&module, build_go("examples/json-api", BuildMode::Auto)).unwrap();
+    let args = [
+        "build",
+        module.to_str().unwrap(),
+        "--name",
+        "api:v1",
+        "--target",
+        "x86_64-unknown-linux-gnu",
+        "--target",
+        "aarch64-unknown-linux-gnu",
+    ];
+    // Kill points spread over inspect, snapshot, compile and store.
+    for delay_ms in [300, 1500, 4000, 7000, 9000, 11000] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_thaw"))
+            .args(args)
+            .env("THAW_HOME", home.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let finished = child.wait().unwrap().success();
+        let fsck = thaw(home.path(), &["fsck"]);
+        assert!(
+            fsck.status.success(),
+            "killed after {delay_ms} ms: {}{}",
+            String::from_utf8_lossy(&fsck.stdout),
+            String::from_utf8_lossy(&fsck.stderr)
+        );
+        // A tag exists only if the whole build was stored.
+        let tags = ok(thaw(home.path(), &["ls"]));
+        if !tags.is_empty() {
+            assert!(tags.starts_with("api:v1\t"), "{tags}");
+            ok(thaw(home.path(), &["inspect", "api:v1"]));
+        }
+        if finished {
+            break;
+        }
+    }
+    // Whatever was interrupted, a final build completes from the same store.
+    ok(thaw(home.path(), &args));
+    assert!(ok(thaw(home.path(), &["ls"])).starts_with("api:v1\t"));
 }

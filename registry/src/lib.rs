@@ -238,6 +238,7 @@ impl Builder {
         };
 
         let to_compile = snapshot.clone().unwrap_or_else(|| wasm.clone());
+        let (hits_before, misses_before) = self.compiler.cache().stats();
         for target in &targets {
             progress(BuildEvent::Started(Step::Compile(target.triple)));
         }
@@ -254,6 +255,12 @@ impl Builder {
         })
         .await
         .expect("the compile task panicked")?;
+        let (hits, misses) = self.compiler.cache().stats();
+        tracing::info!(
+            hits = hits - hits_before,
+            misses = misses - misses_before,
+            "Cranelift incremental cache"
+        );
         for artifact in &compiled {
             timed.steps.push(StepTiming {
                 step: Step::Compile(artifact.target.triple).to_string(),

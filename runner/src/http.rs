@@ -52,6 +52,11 @@ pub struct AccessRecord {
     pub total: Duration,
 }
 
+/// Two functions would be served under one name.
+#[derive(Debug, thiserror::Error)]
+#[error("two functions would be served as {0:?}; serve them from separate runners or retag one")]
+pub struct DuplicateName(pub String);
+
 /// Called after every request, e.g. to report the first one.
 pub type ResponseHook = Box<dyn Fn(&AccessRecord) + Send + Sync>;
 
@@ -67,27 +72,30 @@ pub struct App {
 }
 
 impl App {
-    /// Serves `functions` (by name). `env` is the environment every
-    /// function sees, before per-request metadata. At most
-    /// `max_concurrency` requests run at once; the rest get 503.
+    /// Serves `functions` (by name; names must be unique). `env` is the
+    /// environment every function sees, before per-request metadata. At
+    /// most `max_concurrency` requests run at once; the rest get 503.
     pub fn new(
         functions: impl IntoIterator<Item = (String, Function)>,
         env: Vec<(String, String)>,
         max_body: usize,
         max_concurrency: usize,
-    ) -> Self {
-        Self {
-            functions: functions
-                .into_iter()
-                .map(|(name, f)| (name, Arc::new(f)))
-                .collect(),
+    ) -> Result<Self, DuplicateName> {
+        let mut by_name = BTreeMap::new();
+        for (name, function) in functions {
+            if by_name.insert(name.clone(), Arc::new(function)).is_some() {
+                return Err(DuplicateName(name));
+            }
+        }
+        Ok(Self {
+            functions: by_name,
             env,
             max_body,
             slots: Arc::new(Semaphore::new(max_concurrency)),
             metrics: Metrics::default(),
             request_ids: AtomicU64::new(1),
             on_response: None,
-        }
+        })
     }
 
     /// Calls `hook` after every request.
@@ -115,12 +123,12 @@ impl App {
     fn route<'a>(
         &'a self,
         host: Option<&str>,
-        path: &'a str,
-    ) -> Option<(&'a str, &'a Arc<Function>, &'a str)> {
+        path: &str,
+    ) -> Option<(&'a str, &'a Arc<Function>, String)> {
         if let Some(host) = host {
             let label = host.split([':', '.']).next().unwrap_or_default();
             if let Some((name, f)) = self.functions.get_key_value(label) {
-                return Some((name, f, path));
+                return Some((name, f, path.to_string()));
             }
         }
         let by_prefix = self
@@ -128,15 +136,20 @@ impl App {
             .iter()
             .filter_map(|(name, f)| {
                 let rest = path.strip_prefix('/')?.strip_prefix(name.as_str())?;
-                (rest.is_empty() || rest.starts_with('/')).then_some((name, f, rest))
+                (rest.is_empty() || rest.starts_with(['/', '?'])).then_some((name, f, rest))
             })
             .max_by_key(|(name, _, _)| name.len());
         if let Some((name, f, rest)) = by_prefix {
-            return Some((name, f, if rest.is_empty() { "/" } else { rest }));
+            let guest_path = if rest.starts_with('/') {
+                rest.to_string()
+            } else {
+                format!("/{rest}")
+            };
+            return Some((name, f, guest_path));
         }
         if self.functions.len() == 1 {
             let (name, f) = self.functions.iter().next()?;
-            return Some((name, f, path));
+            return Some((name, f, path.to_string()));
         }
         None
     }
@@ -188,7 +201,7 @@ async fn handle(
             ),
         );
     };
-    let (name, function, guest_path) = (name.to_string(), function.clone(), guest_path.to_string());
+    let (name, function) = (name.to_string(), function.clone());
     let request_id = app.request_ids.fetch_add(1, Ordering::Relaxed);
     let method = request.method().to_string();
 

@@ -126,6 +126,9 @@ pub struct RunnerConfig {
     pub max_stdout: usize,
     /// Cap on captured stderr per request.
     pub max_stderr: usize,
+    /// Bytes of each instance slot's linear memory kept mapped between
+    /// requests and reset in place.
+    pub keep_resident: u64,
 }
 
 /// Default [`RunnerConfig::max_instances`].
@@ -138,6 +141,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_STDOUT: usize = 16 << 20;
 /// Default [`RunnerConfig::max_stderr`]: 64 KiB.
 pub const DEFAULT_MAX_STDERR: usize = 64 << 10;
+/// Default [`RunnerConfig::keep_resident`]: 64 MiB.
+pub const DEFAULT_KEEP_RESIDENT: u64 = 64 << 20;
 /// Go's own wasm test runner gives 8 MiB of wasm stack; Go code expects it.
 pub const WASM_STACK: usize = 8 << 20;
 
@@ -151,6 +156,7 @@ impl RunnerConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_stdout: DEFAULT_MAX_STDOUT,
             max_stderr: DEFAULT_MAX_STDERR,
+            keep_resident: DEFAULT_KEEP_RESIDENT,
         }
     }
 }
@@ -180,7 +186,14 @@ impl Runner {
             .total_stacks(config.max_instances)
             .max_memory_size(config.max_memory as usize)
             // Go's function table holds every address-taken function.
-            .table_elements(1 << 17);
+            .table_elements(1 << 17)
+            // Resetting a slot by memset (dirty pages only, where the kernel
+            // has PAGEMAP_SCAN) instead of madvise avoids a page fault per
+            // touched page on the next request and the mmap-lock contention
+            // of many concurrent madvise calls: measured 1.2k -> 7.4k req/s
+            // at concurrency 32 on examples/hello.
+            .linear_memory_keep_resident(config.keep_resident as usize)
+            .table_keep_resident(1 << 20);
         let mut engine_config = profile::engine_config();
         engine_config
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling))

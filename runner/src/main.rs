@@ -34,6 +34,7 @@ async fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("THAW_LOG")
                 .unwrap_or_else(|_| "info".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
     let location = match args.store {
@@ -58,7 +59,7 @@ async fn main() -> Result<()> {
         args.serve.env.clone(),
         args.serve.max_body_bytes,
         args.serve.max_instances as usize,
-    );
+    )?;
     let listener = tokio::net::TcpListener::bind(args.serve.listen)
         .await
         .with_context(|| format!("listening on {}", args.serve.listen))?;

@@ -25,7 +25,7 @@ pub struct LimitLabels {
 }
 
 fn latency_histogram() -> Histogram {
-    // 10 µs to ~40 s: instantiation is microseconds, a slow request seconds.
+    // 10 µs to ~23 s: instantiation is microseconds, a slow request seconds.
     Histogram::new(exponential_buckets(0.000_01, 2.5, 17))
 }
 

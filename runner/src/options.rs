@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use crate::http::DEFAULT_MAX_BODY;
 use crate::{
-    DEFAULT_MAX_INSTANCES, DEFAULT_MAX_MEMORY, DEFAULT_MAX_STDERR, DEFAULT_MAX_STDOUT, RunnerConfig,
+    DEFAULT_KEEP_RESIDENT, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_MEMORY, DEFAULT_MAX_STDERR,
+    DEFAULT_MAX_STDOUT, RunnerConfig,
 };
 
 /// Default `--listen`.
@@ -34,6 +35,10 @@ pub struct ServeOptions {
     /// Largest response a function may write, in bytes; larger gets 502.
     #[arg(long, env = "THAW_MAX_RESPONSE_BYTES", default_value_t = DEFAULT_MAX_STDOUT)]
     pub max_response_bytes: usize,
+    /// MiB of each instance slot's memory kept mapped and reset in place
+    /// between requests (faster than unmapping; costs resident memory).
+    #[arg(long, env = "THAW_KEEP_RESIDENT_MIB", default_value_t = DEFAULT_KEEP_RESIDENT >> 20)]
+    pub keep_resident_mib: u64,
     /// An environment variable every function sees, `KEY=VALUE`; repeatable.
     #[arg(long = "env", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
@@ -58,6 +63,7 @@ impl ServeOptions {
             request_timeout: self.request_timeout,
             max_stdout: self.max_response_bytes,
             max_stderr: DEFAULT_MAX_STDERR,
+            keep_resident: self.keep_resident_mib << 20,
         })
     }
 }

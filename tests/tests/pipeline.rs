@@ -313,3 +313,29 @@ async fn runner_refuses_tampered_artifacts_and_replaces_a_tampered_cache_file() 
 fn zstd_compress(bytes: &[u8]) -> Vec<u8> {
     zstd::bulk::compress(bytes, 3).unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn loading_on_a_host_without_a_matching_artifact_names_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::open("memory://").unwrap();
+    let builder = Builder::new(store.clone(), Compiler::new()).unwrap();
+    let host = thaw_artifact::profile::host_triple();
+    let other = if host == X86_64 { AARCH64 } else { X86_64 };
+    let wasm = build_go("examples/hello", BuildMode::Auto);
+    let outcome = builder
+        .build(
+            wasm.into(),
+            &BuildRequest::new(vec![TargetProfile::by_triple(other).unwrap()]),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let runner = Runner::new(RunnerConfig::new(dir.path())).unwrap();
+    let err = runner
+        .load(&store, &Reference::Digest(outcome.manifest_digest))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains(&host) && err.contains(other), "{err}");
+}

@@ -60,7 +60,8 @@ async fn serve(
         vec![("GREETING".into(), "hi".into())],
         max_body,
         max_instances,
-    );
+    )
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address: SocketAddr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -307,4 +308,29 @@ async fn a_full_runner_answers_503_with_retry_after() {
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unmodified_cgi_commands_are_served() {
+    let store = store_with(&["tests/fixtures/go/cgi"]).await;
+    let server = serve(&store, &["cgi"], |_| {}, 1 << 20).await;
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{}/echo/path?q=snow", server.base))
+        .body("flake")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-cgi"], "yes");
+    assert_eq!(
+        response.text().await.unwrap(),
+        "POST /echo/path q=snow body=flake\n"
+    );
+    let missing = client
+        .get(format!("{}/missing", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
 }
