@@ -17,9 +17,8 @@ use thaw_gobuild::{BuildMode, Go};
 use thaw_registry::thaw_compiler::{Compiler, IncrementalCache};
 use thaw_registry::thaw_snapshotter::{DEFAULT_INIT_MAX_MEMORY, SnapshotOptions};
 use thaw_registry::{BuildOutcome, BuildRequest, Builder};
-use thaw_runner::http::App;
 use thaw_runner::options::{ServeOptions, parse_duration, parse_env};
-use thaw_runner::{Runner, RunnerConfig, function_name};
+use thaw_runner::{Runner, RunnerConfig};
 
 use crate::progress::{BuildProgress, format_duration};
 
@@ -381,22 +380,7 @@ async fn serve_functions(
     options: &ServeOptions,
     announce_first_request: bool,
 ) -> Result<()> {
-    let config = options.runner_config().map_err(anyhow::Error::msg)?;
-    let runner = Runner::new(config)?;
-    let mut functions = Vec::new();
-    for reference in references {
-        let function = runner
-            .load(store, reference)
-            .await
-            .with_context(|| format!("loading {reference}"))?;
-        functions.push((function_name(reference), function));
-    }
-    let mut app = App::new(
-        functions,
-        options.env.clone(),
-        options.max_body_bytes,
-        options.max_instances as usize,
-    )?;
+    let mut app = options.load_app(store, references).await?;
     if announce_first_request {
         let announced = AtomicBool::new(false);
         app = app.on_response(move |record| {

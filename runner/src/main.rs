@@ -4,9 +4,8 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use thaw_artifact::{ArtifactStore, Reference};
-use thaw_runner::http::App;
 use thaw_runner::options::ServeOptions;
-use thaw_runner::{Runner, function_name, serve};
+use thaw_runner::serve;
 
 #[derive(Parser)]
 #[command(
@@ -44,22 +43,7 @@ async fn main() -> Result<()> {
     };
     let store =
         ArtifactStore::open(&location).with_context(|| format!("opening store {location}"))?;
-    let config = args.serve.runner_config().map_err(anyhow::Error::msg)?;
-    let runner = Runner::new(config)?;
-    let mut functions = Vec::new();
-    for reference in &args.functions {
-        let function = runner
-            .load(&store, reference)
-            .await
-            .with_context(|| format!("loading {reference}"))?;
-        functions.push((function_name(reference), function));
-    }
-    let app = App::new(
-        functions,
-        args.serve.env.clone(),
-        args.serve.max_body_bytes,
-        args.serve.max_instances as usize,
-    )?;
+    let app = args.serve.load_app(&store, &args.functions).await?;
     let listener = tokio::net::TcpListener::bind(args.serve.listen)
         .await
         .with_context(|| format!("listening on {}", args.serve.listen))?;

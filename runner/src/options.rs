@@ -5,10 +5,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::http::DEFAULT_MAX_BODY;
+use thaw_artifact::{ArtifactStore, Reference};
+
+use crate::http::{App, DEFAULT_MAX_BODY, DuplicateName};
 use crate::{
     DEFAULT_KEEP_RESIDENT, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_MEMORY, DEFAULT_MAX_STDERR,
-    DEFAULT_MAX_STDOUT, RunnerConfig,
+    DEFAULT_MAX_STDOUT, RunError, Runner, RunnerConfig, function_name,
 };
 
 /// Default `--listen`.
@@ -65,6 +67,60 @@ impl ServeOptions {
             max_stderr: DEFAULT_MAX_STDERR,
             keep_resident: self.keep_resident_mib << 20,
         })
+    }
+}
+
+/// Why [`ServeOptions::load_app`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadAppError {
+    /// The options do not describe a usable runner.
+    #[error("{0}")]
+    Options(String),
+    /// The runner could not start or a function could not load.
+    #[error("loading {reference}: {source}")]
+    Load {
+        /// The function (`*` for the runner itself).
+        reference: String,
+        /// Why.
+        source: RunError,
+    },
+    /// Two references share a name.
+    #[error(transparent)]
+    Duplicate(#[from] DuplicateName),
+}
+
+impl ServeOptions {
+    /// Starts a runner with these options and loads every reference from
+    /// `store` into an [`App`] ready to serve.
+    pub async fn load_app(
+        &self,
+        store: &ArtifactStore,
+        references: &[Reference],
+    ) -> Result<App, LoadAppError> {
+        let runner = Runner::new(self.runner_config().map_err(LoadAppError::Options)?).map_err(
+            |source| LoadAppError::Load {
+                reference: "*".into(),
+                source,
+            },
+        )?;
+        let mut functions = Vec::new();
+        for reference in references {
+            let function =
+                runner
+                    .load(store, reference)
+                    .await
+                    .map_err(|source| LoadAppError::Load {
+                        reference: reference.to_string(),
+                        source,
+                    })?;
+            functions.push((function_name(reference), function));
+        }
+        Ok(App::new(
+            functions,
+            self.env.clone(),
+            self.max_body_bytes,
+            self.max_instances as usize,
+        )?)
     }
 }
 

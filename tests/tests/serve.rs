@@ -293,7 +293,28 @@ async fn a_full_runner_answers_503_with_retry_after() {
         let client = client.clone();
         async move { client.get(url).send().await.unwrap().status().as_u16() }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until the spinning request holds the only instance.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = client
+            .get(format!("{}/metrics", server.base))
+            .send()
+            .await
+            .unwrap();
+        if metrics
+            .text()
+            .await
+            .unwrap()
+            .contains("thaw_instances_in_flight 1")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spinning request never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let busy = client
         .get(format!("{}/ok", server.base))
         .send()
@@ -302,12 +323,22 @@ async fn a_full_runner_answers_503_with_retry_after() {
     assert_eq!(busy.status(), 503);
     assert_eq!(busy.headers()["retry-after"], "1");
     assert_eq!(spin.await.unwrap(), 504);
-    let ok = client
-        .get(format!("{}/ok", server.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 200);
+    // Once the deadline freed the instance, the runner serves again (a
+    // client honours Retry-After, so a 503 in between is retried).
+    let mut last = (0, String::new());
+    for _ in 0..5 {
+        let ok = client
+            .get(format!("{}/ok", server.base))
+            .send()
+            .await
+            .unwrap();
+        last = (ok.status().as_u16(), ok.text().await.unwrap());
+        if last.0 != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(last, (200, "fine\n".to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
