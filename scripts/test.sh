@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 THAW_GO="$(scripts/install-go.sh | tail -n1)"
+# QEMU and the aarch64 wasmtime CLI, for the tests that execute every ISA.
+scripts/install-isa-tools.sh >/dev/null
 export THAW_GO GOTOOLCHAIN=local
 gofmt="$(dirname "$THAW_GO")/gofmt"
 

@@ -2,6 +2,7 @@
 //! artifacts, serve them, and inspect and export them.
 
 mod progress;
+mod verify;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -65,6 +66,35 @@ enum Command {
         /// Its arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Run a stored function once on this host and print what it wrote to
+    /// stdout (for SDK functions, the raw HTTP/1.1 response).
+    Call {
+        /// `name:tag` or a manifest digest.
+        reference: Reference,
+        #[command(flatten)]
+        request: verify::RequestArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Execute the artifact built for `--target` and check it answers
+    /// exactly like this host's artifact run natively: another ISA runs
+    /// under QEMU user mode with the official wasmtime CLI; this host's own
+    /// target runs under QEMU with an old CPU model (`--cpu`). Needs the
+    /// tools from `scripts/install-isa-tools.sh`.
+    Verify {
+        /// `name:tag` or a manifest digest.
+        reference: Reference,
+        /// The target whose artifact to execute.
+        #[arg(long)]
+        target: String,
+        /// The CPU model QEMU emulates when checking this host's target.
+        #[arg(long, default_value = "Nehalem")]
+        cpu: String,
+        #[command(flatten)]
+        request: verify::RequestArgs,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Show a stored build's manifest.
     Inspect {
@@ -249,6 +279,32 @@ async fn run(command: Command) -> Result<u8> {
             serve_functions(&store, &functions, &serve, false).await?;
         }
         Command::Exec { module, args } => return exec(&module, args).await,
+        Command::Call {
+            reference,
+            request,
+            store,
+        } => {
+            let stdout = verify::call(&store.open()?, &reference, &request).await?;
+            std::io::stdout().write_all(&stdout)?;
+        }
+        Command::Verify {
+            reference,
+            target,
+            cpu,
+            request,
+            store,
+        } => {
+            let location = store.store.clone();
+            verify::verify(
+                &store.open()?,
+                location.as_deref(),
+                &reference,
+                &target,
+                &cpu,
+                &request,
+            )
+            .await?;
+        }
         Command::Inspect {
             reference,
             json,

@@ -1,0 +1,239 @@
+//! `thaw call` and `thaw verify`: run a stored function once, here, or for
+//! another ISA or CPU model under QEMU, and compare the responses.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use thaw_artifact::profile::{self, host_triple};
+use thaw_artifact::{ArtifactStore, Manifest, ModuleKind, Reference};
+use thaw_runner::{Runner, RunnerConfig};
+
+/// Where `scripts/install-isa-tools.sh` puts the aarch64 wasmtime CLI.
+const LOCAL_AARCH64_WASMTIME: &str = ".toolchain/wasmtime-aarch64/wasmtime_cli/wasmtime";
+
+/// The request a function gets: a whole HTTP/1.1 request for SDK reactors,
+/// stdin for commands.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RequestArgs {
+    /// A file holding the raw request (reactors: an HTTP/1.1 request;
+    /// commands: stdin). Overrides --method and --path.
+    #[arg(long)]
+    pub request: Option<PathBuf>,
+    /// Method of the generated request.
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// Path of the generated request.
+    #[arg(long, default_value = "/")]
+    pub path: String,
+}
+
+impl RequestArgs {
+    fn bytes(&self, kind: ModuleKind) -> Result<Vec<u8>> {
+        if let Some(file) = &self.request {
+            return std::fs::read(file).with_context(|| format!("reading {}", file.display()));
+        }
+        Ok(match kind {
+            ModuleKind::Reactor => format!(
+                "{} {} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n",
+                self.method, self.path
+            )
+            .into_bytes(),
+            ModuleKind::Command => Vec::new(),
+        })
+    }
+}
+
+/// Runs `reference` once on this host through the runner; returns stdout.
+pub async fn call(
+    store: &ArtifactStore,
+    reference: &Reference,
+    request: &RequestArgs,
+) -> Result<Vec<u8>> {
+    let cache = thaw_artifact::paths::cache_home()
+        .context("no cache directory: set THAW_HOME")?
+        .join("artifacts");
+    let mut config = RunnerConfig::new(cache);
+    // One call: one slot, so the pooling allocator reserves little address
+    // space (this also runs under QEMU).
+    config.max_instances = 1;
+    let runner = Runner::new(config)?;
+    let function = runner.load(store, reference).await?;
+    let stdin = request.bytes(function.kind())?;
+    let output = function.call(stdin, &[]).await?;
+    Ok(output.stdout.to_vec())
+}
+
+/// Checks that the artifact for `target` gives the same response as this
+/// host's artifact run natively: another ISA runs under QEMU user mode with
+/// the official wasmtime CLI; this host's own target runs under QEMU with
+/// an old CPU model, proving the artifact needs no newer CPU features.
+pub async fn verify(
+    store: &ArtifactStore,
+    store_location: Option<&str>,
+    reference: &Reference,
+    target: &str,
+    cpu: &str,
+    request: &RequestArgs,
+) -> Result<()> {
+    let (digest, manifest) = store.resolve(reference).await?;
+    let artifact = manifest.artifact_for(target).with_context(|| {
+        format!(
+            "{reference} has no artifact for {target}; it has: {}",
+            targets(&manifest)
+        )
+    })?;
+    let host = host_triple();
+    let expected = call(store, &Reference::Digest(digest), request)
+        .await
+        .context("running natively")?;
+    println!(
+        "native: {host} artifact {} through thaw's runner: {} bytes",
+        manifest
+            .artifact_for(&host)
+            .map(|a| a.blob.digest.short())
+            .unwrap_or_default(),
+        expected.len()
+    );
+
+    let (actual, how) = if target == host {
+        let qemu = find_tool(&format!("qemu-{}-static", arch(target)))?;
+        let exe = std::env::current_exe().context("locating the thaw binary")?;
+        let request_file = tempfile::NamedTempFile::new()?;
+        std::fs::write(request_file.path(), request.bytes(manifest.kind)?)?;
+        let mut command = Command::new(&qemu);
+        command
+            .args(["-cpu", cpu])
+            .arg(exe)
+            .args(["call", &digest.to_string(), "--request"])
+            .arg(request_file.path());
+        if let Some(location) = store_location {
+            command.args(["--store", location]);
+        }
+        let output = run(command, None)?;
+        (
+            output,
+            format!("thaw's runner under {} -cpu {cpu}", qemu.display()),
+        )
+    } else {
+        let qemu = find_tool(&format!("qemu-{}-static", arch(target)))?;
+        let sysroot = PathBuf::from(format!("/usr/{}-linux-gnu", arch(target)));
+        if !sysroot.is_dir() {
+            bail!(
+                "{} is missing: run scripts/install-isa-tools.sh",
+                sysroot.display()
+            );
+        }
+        let wasmtime = foreign_wasmtime(target)?;
+        let bytes = store.get_blob(&artifact.blob).await?;
+        let file = tempfile::Builder::new().suffix(".cwasm").tempfile()?;
+        std::fs::write(file.path(), &bytes)?;
+        let mut command = Command::new(&qemu);
+        command
+            .arg("-L")
+            .arg(&sysroot)
+            .arg(&wasmtime)
+            .args(["run", "--allow-precompiled"])
+            .args(profile::wasmtime_cli_args(Duration::from_secs(60)))
+            .args(["-W", &format!("max-wasm-stack={}", thaw_runner::WASM_STACK)]);
+        if manifest.kind == ModuleKind::Reactor {
+            command.args(["--invoke", &manifest.entry]);
+        }
+        command.arg(file.path());
+        let output = run(command, Some(request.bytes(manifest.kind)?))?;
+        (
+            output,
+            format!("{} under {}", wasmtime.display(), qemu.display()),
+        )
+    };
+    println!(
+        "{target}: artifact {} through {how}: {} bytes",
+        artifact.blob.digest.short(),
+        actual.len()
+    );
+    if actual != expected {
+        bail!(
+            "responses differ\n--- native ({host}) ---\n{}\n--- {target} ---\n{}",
+            String::from_utf8_lossy(&expected),
+            String::from_utf8_lossy(&actual)
+        );
+    }
+    println!("identical responses");
+    Ok(())
+}
+
+fn targets(manifest: &Manifest) -> String {
+    manifest
+        .artifacts
+        .iter()
+        .map(|a| a.target.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn arch(triple: &str) -> &str {
+    triple.split('-').next().unwrap_or(triple)
+}
+
+fn run(mut command: Command, stdin: Option<Vec<u8>>) -> Result<Vec<u8>> {
+    let described = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {described}"))?;
+    let mut input = child.stdin.take().expect("piped");
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = input.write_all(&stdin.unwrap_or_default());
+    });
+    let output = child.wait_with_output()?;
+    let _ = writer.join();
+    if !output.status.success() {
+        bail!(
+            "{described} failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(output.stdout)
+}
+
+fn find_tool(name: &str) -> Result<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "{name} not found: run scripts/install-isa-tools.sh (Debian's qemu-user-static)"
+            )
+        })
+}
+
+/// The wasmtime CLI for `target`: `$THAW_WASMTIME_AARCH64`, else the copy
+/// installed in the checkout.
+fn foreign_wasmtime(target: &str) -> Result<PathBuf> {
+    if arch(target) != "aarch64" {
+        bail!("no foreign wasmtime CLI is known for {target}");
+    }
+    if let Some(path) = std::env::var_os("THAW_WASMTIME_AARCH64") {
+        return Ok(PathBuf::from(path));
+    }
+    // Next to the binary's checkout (target/release/thaw) or the current one.
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().map(Path::to_path_buf));
+    }
+    if let Ok(dir) = std::env::current_dir() {
+        roots.extend(dir.ancestors().map(Path::to_path_buf));
+    }
+    roots
+        .iter()
+        .map(|r| r.join(LOCAL_AARCH64_WASMTIME))
+        .find(|p| p.is_file())
+        .context("no aarch64 wasmtime CLI: run scripts/install-isa-tools.sh or set THAW_WASMTIME_AARCH64")
+}

