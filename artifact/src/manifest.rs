@@ -64,6 +64,8 @@ pub struct BlobRef {
 /// A precompiled module for one target.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Artifact {
+    /// The target profile's name, e.g. `x86_64-unknown-linux-gnu` or `x86_64-v3`.
+    pub profile: String,
     /// The target triple, e.g. `x86_64-unknown-linux-gnu`.
     pub target: String,
     /// The Cranelift ISA flags the code was compiled with: the CPU features a
@@ -144,9 +146,9 @@ impl Manifest {
         Digest::of(&self.to_bytes())
     }
 
-    /// The artifact built for `target`, if any.
-    pub fn artifact_for(&self, target: &str) -> Option<&Artifact> {
-        self.artifacts.iter().find(|a| a.target == target)
+    /// The artifact built for the target profile called `profile`, if any.
+    pub fn artifact_for(&self, profile: &str) -> Option<&Artifact> {
+        self.artifacts.iter().find(|a| a.profile == profile)
     }
 
     /// Every blob the manifest depends on.
@@ -174,6 +176,7 @@ mod tests {
             source: blob(b"source"),
             snapshot: Some(blob(b"snapshot")),
             artifacts: vec![Artifact {
+                profile: "x86_64-unknown-linux-gnu".into(),
                 target: "x86_64-unknown-linux-gnu".into(),
                 isa_flags: vec!["has_sse3".into()],
                 blob: blob(b"cwasm"),

@@ -17,6 +17,9 @@ use wasmtime::{Config, Engine, WasmFeatures};
 /// host's CPU features.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TargetProfile {
+    /// What users type (`--target`). A baseline profile is named by its
+    /// triple; a profile for newer CPUs of the same triple has its own name.
+    pub name: &'static str,
     /// The target triple.
     pub triple: &'static str,
     /// Cranelift ISA flags enabled on top of the architecture's baseline.
@@ -28,6 +31,7 @@ pub struct TargetProfile {
 /// The targets thaw builds for.
 pub const TARGETS: &[TargetProfile] = &[
     TargetProfile {
+        name: "x86_64-unknown-linux-gnu",
         triple: "x86_64-unknown-linux-gnu",
         // x86-64-v2: every x86-64 server CPU since Nehalem (2008) has these,
         // and Cranelift's SIMD lowering leans on SSE4.1.
@@ -42,6 +46,29 @@ pub const TARGETS: &[TargetProfile] = &[
         description: "x86-64-v2 (SSE4.2, POPCNT): any x86-64 CPU since 2008",
     },
     TargetProfile {
+        name: "x86_64-v3",
+        triple: "x86_64-unknown-linux-gnu",
+        // x86-64-v3 as far as Cranelift has flags for it: AVX2, FMA, BMI1/2
+        // and LZCNT on top of v2. Opt-in; a runner uses it only on CPUs that
+        // have every flag, and falls back to the baseline otherwise.
+        isa_flags: &[
+            "has_sse3",
+            "has_ssse3",
+            "has_cmpxchg16b",
+            "has_sse41",
+            "has_sse42",
+            "has_popcnt",
+            "has_avx",
+            "has_avx2",
+            "has_fma",
+            "has_bmi1",
+            "has_bmi2",
+            "has_lzcnt",
+        ],
+        description: "x86-64-v3 (AVX2, FMA, BMI2): Haswell (2013), Zen and newer",
+    },
+    TargetProfile {
+        name: "aarch64-unknown-linux-gnu",
         triple: "aarch64-unknown-linux-gnu",
         isa_flags: &[],
         description: "ARMv8.0-A baseline: Graviton, Ampere, Raspberry Pi 4 and newer",
@@ -51,36 +78,36 @@ pub const TARGETS: &[TargetProfile] = &[
 /// A target triple thaw has no profile for.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "unsupported target {triple:?}; supported targets: {}",
-    supported_triples()
+    "unsupported target {name:?}; supported targets: {}",
+    supported_names()
 )]
 pub struct UnsupportedTarget {
-    /// The requested triple.
-    pub triple: String,
+    /// The requested name.
+    pub name: String,
 }
 
-fn supported_triples() -> String {
+fn supported_names() -> String {
     TARGETS
         .iter()
-        .map(|t| t.triple)
+        .map(|t| t.name)
         .collect::<Vec<_>>()
         .join(", ")
 }
 
 impl TargetProfile {
-    /// The profile for `triple`.
-    pub fn by_triple(triple: &str) -> Result<&'static TargetProfile, UnsupportedTarget> {
+    /// The profile called `name` (a baseline's name is its triple).
+    pub fn by_name(name: &str) -> Result<&'static TargetProfile, UnsupportedTarget> {
         TARGETS
             .iter()
-            .find(|t| t.triple == triple)
+            .find(|t| t.name == name)
             .ok_or_else(|| UnsupportedTarget {
-                triple: triple.to_string(),
+                name: name.to_string(),
             })
     }
 
-    /// The profile for the machine this process runs on.
+    /// The baseline profile for the machine this process runs on.
     pub fn host() -> Result<&'static TargetProfile, UnsupportedTarget> {
-        Self::by_triple(&host_triple())
+        Self::by_name(&host_triple())
     }
 }
 
@@ -274,9 +301,11 @@ mod tests {
     #[test]
     fn every_target_is_found_by_its_triple() {
         for t in TARGETS {
-            assert_eq!(TargetProfile::by_triple(t.triple).unwrap(), t);
+            assert_eq!(TargetProfile::by_name(t.name).unwrap(), t);
         }
-        let err = TargetProfile::by_triple("riscv64gc-unknown-linux-gnu").unwrap_err();
+        let v3 = TargetProfile::by_name("x86_64-v3").unwrap();
+        assert_eq!(v3.triple, "x86_64-unknown-linux-gnu");
+        let err = TargetProfile::by_name("riscv64gc-unknown-linux-gnu").unwrap_err();
         assert!(
             err.to_string().contains("aarch64-unknown-linux-gnu"),
             "{err}"

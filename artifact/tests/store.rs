@@ -16,6 +16,7 @@ fn manifest_for(source: &BlobRef) -> Manifest {
         source: source.clone(),
         snapshot: None,
         artifacts: vec![Artifact {
+            profile: "x86_64-unknown-linux-gnu".into(),
             target: "x86_64-unknown-linux-gnu".into(),
             isa_flags: vec![],
             blob: source.clone(),

@@ -260,7 +260,7 @@ async fn run(command: Command) -> Result<u8> {
             } else {
                 args.targets
                     .iter()
-                    .map(|t| TargetProfile::by_triple(t))
+                    .map(|t| TargetProfile::by_name(t))
                     .collect::<Result<_, _>>()?
             };
             let outcome = build(&args.source, targets, args.name.clone()).await?;

@@ -27,6 +27,9 @@ pub struct RequestArgs {
     /// Path of the generated request.
     #[arg(long, default_value = "/")]
     pub path: String,
+    /// Run this target profile's artifact instead of the best one for this CPU.
+    #[arg(long)]
+    pub profile: Option<String>,
 }
 
 impl RequestArgs {
@@ -59,7 +62,9 @@ pub async fn call(
     // space (this also runs under QEMU).
     config.max_instances = 1;
     let runner = Runner::new(config)?;
-    let function = runner.load(store, reference).await?;
+    let function = runner
+        .load_profile(store, reference, request.profile.as_deref())
+        .await?;
     let stdin = request.bytes(function.kind())?;
     let output = function.call(stdin, &[]).await?;
     Ok(output.stdout.to_vec())
@@ -85,20 +90,24 @@ pub async fn verify(
         )
     })?;
     let host = host_triple();
-    let expected = call(store, &Reference::Digest(digest), request)
+    // Natively, the runner picks the best artifact for this CPU.
+    let native_request = RequestArgs {
+        profile: None,
+        ..request.clone()
+    };
+    let expected = call(store, &Reference::Digest(digest), &native_request)
         .await
         .context("running natively")?;
+    let native = thaw_runner::best_artifact_for_host(&manifest)
+        .map(|a| format!("{} artifact {}", a.profile, a.blob.digest.short()))
+        .unwrap_or_default();
     println!(
-        "native: {host} artifact {} through thaw's runner: {} bytes",
-        manifest
-            .artifact_for(&host)
-            .map(|a| a.blob.digest.short())
-            .unwrap_or_default(),
+        "native: {native} through thaw's runner: {} bytes",
         expected.len()
     );
 
-    let (actual, how) = if target == host {
-        let qemu = find_tool(&format!("qemu-{}-static", arch(target)))?;
+    let (actual, how) = if artifact.target == host {
+        let qemu = find_tool(&format!("qemu-{}-static", arch(&artifact.target)))?;
         let exe = std::env::current_exe().context("locating the thaw binary")?;
         let request_file = tempfile::NamedTempFile::new()?;
         std::fs::write(request_file.path(), request.bytes(manifest.kind)?)?;
@@ -106,7 +115,13 @@ pub async fn verify(
         command
             .args(["-cpu", cpu])
             .arg(exe)
-            .args(["call", &digest.to_string(), "--request"])
+            .args([
+                "call",
+                &digest.to_string(),
+                "--profile",
+                target,
+                "--request",
+            ])
             .arg(request_file.path());
         if let Some(location) = store_location {
             command.args(["--store", location]);
@@ -117,15 +132,16 @@ pub async fn verify(
             format!("thaw's runner under {} -cpu {cpu}", qemu.display()),
         )
     } else {
-        let qemu = find_tool(&format!("qemu-{}-static", arch(target)))?;
-        let sysroot = PathBuf::from(format!("/usr/{}-linux-gnu", arch(target)));
+        let arch = arch(&artifact.target);
+        let qemu = find_tool(&format!("qemu-{arch}-static"))?;
+        let sysroot = PathBuf::from(format!("/usr/{arch}-linux-gnu"));
         if !sysroot.is_dir() {
             bail!(
                 "{} is missing: run scripts/install-isa-tools.sh",
                 sysroot.display()
             );
         }
-        let wasmtime = foreign_wasmtime(target)?;
+        let wasmtime = foreign_wasmtime(&artifact.target)?;
         let bytes = store.get_blob(&artifact.blob).await?;
         let file = tempfile::Builder::new().suffix(".cwasm").tempfile()?;
         std::fs::write(file.path(), &bytes)?;

@@ -77,6 +77,61 @@ fn every_example_answers_identically_on_every_isa() {
         assert!(out.contains("-cpu Nehalem"), "{out}");
     }
 
+    // The optional x86-64-v3 profile: picked natively on a CPU that has
+    // AVX2 (this machine), runs on Haswell, and is refused on Nehalem.
+    let module = home.join("hello.wasm");
+    let out = thaw(
+        home,
+        &[
+            "build",
+            module.to_str().unwrap(),
+            "--name",
+            "hello:v3",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+            "--target",
+            "x86_64-v3",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = thaw(
+        home,
+        &[
+            "verify",
+            "hello:v3",
+            "--target",
+            "x86_64-v3",
+            "--cpu",
+            "Haswell",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("native: x86_64-v3 artifact"), "{stdout}");
+    let out = thaw(
+        home,
+        &[
+            "verify",
+            "hello:v3",
+            "--target",
+            "x86_64-v3",
+            "--cpu",
+            "Nehalem",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("\"has_avx\" is enabled, but not available")
+    );
+
     // The check has teeth: a CPU without SSSE3 cannot load the x86-64-v2
     // artifact, and says which feature is missing.
     let out = thaw(

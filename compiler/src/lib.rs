@@ -11,9 +11,9 @@
 //!
 //! let compiler = Compiler::new();
 //! let wasm = std::fs::read("snapshot.wasm").unwrap();
-//! let targets = [TargetProfile::by_triple("aarch64-unknown-linux-gnu").unwrap()];
+//! let targets = [TargetProfile::by_name("aarch64-unknown-linux-gnu").unwrap()];
 //! for artifact in compiler.compile(&wasm, &targets, |_| {}).unwrap() {
-//!     println!("{}: {} bytes", artifact.target.triple, artifact.bytes.len());
+//!     println!("{}: {} bytes", artifact.target.name, artifact.bytes.len());
 //! }
 //! ```
 
@@ -110,14 +110,14 @@ impl Compiler {
     /// Wizer's compile of the original warms the cache for the snapshot.
     pub fn engine(&self, target: &'static TargetProfile) -> Result<Engine, CompileError> {
         let mut engines = self.engines.lock().unwrap();
-        if let Some(engine) = engines.get(target.triple) {
+        if let Some(engine) = engines.get(target.name) {
             return Ok(engine.clone());
         }
         let engine = Engine::new(&self.config(target)?).map_err(|e| CompileError::Engine {
             triple: target.triple.into(),
             reason: format!("{e:#}"),
         })?;
-        engines.insert(target.triple, engine.clone());
+        engines.insert(target.name, engine.clone());
         Ok(engine)
     }
 
@@ -238,6 +238,7 @@ mod tests {
     #[test]
     fn unknown_flags_and_triples_are_refused() {
         let bad_flag = TargetProfile {
+            name: "bad-flag",
             triple: "aarch64-unknown-linux-gnu",
             isa_flags: &["has_avx512f"],
             description: "",
@@ -245,6 +246,7 @@ mod tests {
         let err = validate_profile(&bad_flag).unwrap_err().to_string();
         assert!(err.contains("has_avx512f"), "{err}");
         let bad_triple = TargetProfile {
+            name: "bad-triple",
             triple: "mips-unknown-linux-gnu",
             isa_flags: &[],
             description: "",
@@ -264,9 +266,7 @@ mod tests {
         let targets: Vec<_> = profile::TARGETS.iter().collect();
         let done = Mutex::new(Vec::new());
         let artifacts = compiler
-            .compile(TINY, &targets, |a| {
-                done.lock().unwrap().push(a.target.triple)
-            })
+            .compile(TINY, &targets, |a| done.lock().unwrap().push(a.target.name))
             .unwrap();
         assert_eq!(done.into_inner().unwrap().len(), targets.len());
         for artifact in &artifacts {

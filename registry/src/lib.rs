@@ -136,7 +136,7 @@ pub fn build_key(source: &Digest, request: &BuildRequest) -> Digest {
     let mut targets: Vec<_> = request
         .targets
         .iter()
-        .map(|t| (t.triple, t.isa_flags))
+        .map(|t| (t.name, t.triple, t.isa_flags))
         .collect();
     targets.sort();
     targets.dedup();
@@ -188,7 +188,7 @@ impl Builder {
     ) -> Result<BuildOutcome, BuildError> {
         let progress = Arc::new(progress);
         let mut targets = request.targets.clone();
-        targets.sort_by_key(|t| t.triple);
+        targets.sort_by_key(|t| t.name);
         targets.dedup();
         if targets.is_empty() {
             return Err(BuildError::NoTargets);
@@ -240,7 +240,7 @@ impl Builder {
         let to_compile = snapshot.clone().unwrap_or_else(|| wasm.clone());
         let (hits_before, misses_before) = self.compiler.cache().stats();
         for target in &targets {
-            progress(BuildEvent::Started(Step::Compile(target.triple)));
+            progress(BuildEvent::Started(Step::Compile(target.name)));
         }
         let compiler = self.compiler.clone();
         let compile_progress = progress.clone();
@@ -248,7 +248,7 @@ impl Builder {
         let compiled = tokio::task::spawn_blocking(move || {
             compiler.compile(&to_compile, &compile_targets, |artifact| {
                 compile_progress(BuildEvent::Finished(
-                    Step::Compile(artifact.target.triple),
+                    Step::Compile(artifact.target.name),
                     artifact.elapsed,
                 ))
             })
@@ -263,7 +263,7 @@ impl Builder {
         );
         for artifact in &compiled {
             timed.steps.push(StepTiming {
-                step: Step::Compile(artifact.target.triple).to_string(),
+                step: Step::Compile(artifact.target.name).to_string(),
                 millis: artifact.elapsed.as_millis() as u64,
             });
         }
@@ -279,6 +279,7 @@ impl Builder {
             let elapsed = c.elapsed;
             let blob = self.store.put_blob(Bytes::from(c.bytes)).await?;
             artifacts.push(Artifact {
+                profile: c.target.name.to_string(),
                 target: c.target.triple.to_string(),
                 isa_flags: c.target.isa_flags.iter().map(|f| f.to_string()).collect(),
                 blob,
@@ -354,7 +355,7 @@ mod tests {
         BuildRequest::new(
             triples
                 .iter()
-                .map(|t| TargetProfile::by_triple(t).unwrap())
+                .map(|t| TargetProfile::by_name(t).unwrap())
                 .collect(),
         )
     }

@@ -222,23 +222,39 @@ impl Runner {
         &self.engine
     }
 
-    /// Resolves `reference` in `store` and loads the host's artifact.
+    /// Resolves `reference` in `store` and loads the best artifact for this
+    /// host: the one for its triple with the most ISA flags this CPU has.
     pub async fn load(
         &self,
         store: &ArtifactStore,
         reference: &Reference,
     ) -> Result<Function, RunError> {
+        self.load_profile(store, reference, None).await
+    }
+
+    /// Like [`Runner::load`], but loads the artifact of the target profile
+    /// named `profile` when one is given (wasmtime still refuses it if this
+    /// CPU lacks its features).
+    pub async fn load_profile(
+        &self,
+        store: &ArtifactStore,
+        reference: &Reference,
+        profile: Option<&str>,
+    ) -> Result<Function, RunError> {
         let (digest, manifest) = store.resolve(reference).await?;
         let host = host_triple();
-        let artifact = manifest
-            .artifact_for(&host)
+        let chosen = match profile {
+            Some(name) => manifest.artifact_for(name),
+            None => best_artifact_for_host(&manifest),
+        };
+        let artifact = chosen
             .ok_or_else(|| RunError::NoArtifactForHost {
                 reference: reference.to_string(),
                 host: host.clone(),
                 available: manifest
                     .artifacts
                     .iter()
-                    .map(|a| a.target.as_str())
+                    .map(|a| format!("{} ({})", a.profile, a.target))
                     .collect::<Vec<_>>()
                     .join(", "),
             })?
@@ -319,6 +335,54 @@ impl Runner {
         .expect("writing does not panic")
         .map_err(cache_error(&path))?;
         Ok(path)
+    }
+}
+
+/// The artifact for this host's triple whose ISA flags this CPU all has,
+/// preferring the one with the most flags (e.g. x86-64-v3 over v2).
+pub fn best_artifact_for_host(manifest: &Manifest) -> Option<&Artifact> {
+    let host = host_triple();
+    manifest
+        .artifacts
+        .iter()
+        .filter(|a| a.target == host && a.isa_flags.iter().all(|f| cpu_has(f)))
+        .max_by_key(|a| a.isa_flags.len())
+}
+
+/// Whether this CPU has the feature a Cranelift ISA flag requires. Unknown
+/// flags count as missing, so an artifact is never picked on a guess.
+pub fn cpu_has(flag: &str) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match flag {
+            "has_sse3" => std::arch::is_x86_feature_detected!("sse3"),
+            "has_ssse3" => std::arch::is_x86_feature_detected!("ssse3"),
+            "has_cmpxchg16b" => std::arch::is_x86_feature_detected!("cmpxchg16b"),
+            "has_sse41" => std::arch::is_x86_feature_detected!("sse4.1"),
+            "has_sse42" => std::arch::is_x86_feature_detected!("sse4.2"),
+            "has_popcnt" => std::arch::is_x86_feature_detected!("popcnt"),
+            "has_avx" => std::arch::is_x86_feature_detected!("avx"),
+            "has_avx2" => std::arch::is_x86_feature_detected!("avx2"),
+            "has_fma" => std::arch::is_x86_feature_detected!("fma"),
+            "has_bmi1" => std::arch::is_x86_feature_detected!("bmi1"),
+            "has_bmi2" => std::arch::is_x86_feature_detected!("bmi2"),
+            "has_lzcnt" => std::arch::is_x86_feature_detected!("lzcnt"),
+            _ => false,
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        match flag {
+            "has_lse" => std::arch::is_aarch64_feature_detected!("lse"),
+            "has_pauth" => std::arch::is_aarch64_feature_detected!("paca"),
+            "has_fp16" => std::arch::is_aarch64_feature_detected!("fp16"),
+            _ => false,
+        }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = flag;
+        false
     }
 }
 
@@ -515,5 +579,79 @@ impl Function {
     /// `_start` per request (command).
     pub fn kind(&self) -> ModuleKind {
         self.manifest.kind
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use thaw_artifact::{BlobRef, BuildInfo, MANIFEST_SCHEMA};
+
+    fn artifact(name: &str, target: &str, flags: &[&str]) -> Artifact {
+        Artifact {
+            profile: name.into(),
+            target: target.into(),
+            isa_flags: flags.iter().map(|f| f.to_string()).collect(),
+            blob: BlobRef {
+                digest: Digest::of(name.as_bytes()),
+                size: 1,
+                compressed_size: 1,
+            },
+            wasmtime_version: profile::WASMTIME_VERSION.into(),
+            compatibility_hash: Digest::of(b"h"),
+            compile_ms: 1,
+        }
+    }
+
+    fn manifest(artifacts: Vec<Artifact>) -> Manifest {
+        let source = artifacts[0].blob.clone();
+        Manifest {
+            schema: MANIFEST_SCHEMA,
+            kind: ModuleKind::Reactor,
+            entry: "thaw_handle".into(),
+            source,
+            snapshot: None,
+            artifacts,
+            build: BuildInfo {
+                cache_key: Digest::of(b"k"),
+                thaw_version: "test".into(),
+                wasmtime_version: profile::WASMTIME_VERSION.into(),
+                init_env: vec![],
+                steps: vec![],
+            },
+        }
+    }
+
+    #[test]
+    fn picks_the_richest_artifact_this_cpu_can_run() {
+        let host = host_triple();
+        let other = if host.starts_with("x86_64") {
+            "aarch64-unknown-linux-gnu"
+        } else {
+            "x86_64-unknown-linux-gnu"
+        };
+        let mut artifacts: Vec<Artifact> = profile::TARGETS
+            .iter()
+            .filter(|t| t.triple == host)
+            .map(|t| artifact(t.name, t.triple, t.isa_flags))
+            .collect();
+        artifacts.push(artifact(
+            "future",
+            &host,
+            &["has_sse3", "has_flag_no_cpu_has"],
+        ));
+        artifacts.push(artifact("other", other, &[]));
+        let m = manifest(artifacts);
+        let best = best_artifact_for_host(&m).unwrap();
+        let runnable = profile::TARGETS
+            .iter()
+            .filter(|t| t.triple == host && t.isa_flags.iter().all(|f| cpu_has(f)))
+            .max_by_key(|t| t.isa_flags.len())
+            .unwrap();
+        assert_eq!(best.profile, runnable.name);
+        assert!(!cpu_has("has_flag_no_cpu_has"));
+
+        let only_foreign = manifest(vec![artifact("other", other, &[])]);
+        assert!(best_artifact_for_host(&only_foreign).is_none());
     }
 }

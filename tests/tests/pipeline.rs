@@ -15,8 +15,8 @@ const AARCH64: &str = "aarch64-unknown-linux-gnu";
 
 fn both_targets() -> Vec<&'static TargetProfile> {
     vec![
-        TargetProfile::by_triple(X86_64).unwrap(),
-        TargetProfile::by_triple(AARCH64).unwrap(),
+        TargetProfile::by_name(X86_64).unwrap(),
+        TargetProfile::by_name(AARCH64).unwrap(),
     ]
 }
 
@@ -325,7 +325,7 @@ async fn loading_on_a_host_without_a_matching_artifact_names_both_sides() {
     let outcome = builder
         .build(
             wasm.into(),
-            &BuildRequest::new(vec![TargetProfile::by_triple(other).unwrap()]),
+            &BuildRequest::new(vec![TargetProfile::by_name(other).unwrap()]),
             |_| {},
         )
         .await
