@@ -594,7 +594,7 @@ fn print_summary(digest: &str, m: &Manifest) {
     for a in &m.artifacts {
         println!(
             "artifact   {}  {}  {} bytes ({} stored)",
-            a.target, a.blob.digest, a.blob.size, a.blob.compressed_size
+            a.profile, a.blob.digest, a.blob.size, a.blob.compressed_size
         );
     }
     let steps: Vec<String> = m
