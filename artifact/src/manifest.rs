@@ -1,4 +1,4 @@
-//! The manifest: the signed-off record of one build. See `docs/manifest.md`.
+//! The manifest: the content-addressed record of one build. See `docs/manifest.md`.
 
 use serde::{Deserialize, Serialize};
 

@@ -289,9 +289,11 @@ impl EpochTicker {
     }
 }
 
-/// Converts a deadline into epoch ticks (at least one).
+/// Converts a deadline into epoch ticks.
 pub fn deadline_ticks(deadline: Duration) -> u64 {
-    (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+    // Rounded up, plus one: the first tick comes at an arbitrary point of
+    // the current period, so this never fires before `deadline`.
+    deadline.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1
 }
 
 #[cfg(test)]
@@ -338,7 +340,8 @@ mod tests {
 
     #[test]
     fn deadlines_round_to_ticks() {
-        assert_eq!(deadline_ticks(Duration::from_millis(1)), 1);
-        assert_eq!(deadline_ticks(Duration::from_secs(1)), 100);
+        assert_eq!(deadline_ticks(Duration::from_millis(1)), 2);
+        assert_eq!(deadline_ticks(Duration::from_millis(15)), 3);
+        assert_eq!(deadline_ticks(Duration::from_secs(1)), 101);
     }
 }

@@ -48,6 +48,36 @@ pub fn wasi_builder<K: AsRef<str>, V: AsRef<str>>(env: &[(K, V)]) -> WasiCtxBuil
     builder
 }
 
+/// How a guest call failed, sorted out of a wasmtime error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum GuestFailure {
+    /// It tried to grow memory past its [`MemoryCap`].
+    MemoryLimit,
+    /// Its epoch deadline fired.
+    Timeout,
+    /// It called `proc_exit` with this status.
+    Exit(i32),
+    /// It trapped; the message carries the wasm backtrace.
+    Trap(String),
+}
+
+impl GuestFailure {
+    /// Classifies `error`, raised by a call into a store limited by `memory`.
+    pub fn of(error: &wasmtime::Error, memory: &MemoryCap) -> Self {
+        if memory.was_hit() {
+            // Go turns a refused memory.grow into its own crash; the cap is
+            // the cause worth reporting.
+            GuestFailure::MemoryLimit
+        } else if error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+            GuestFailure::Timeout
+        } else if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            GuestFailure::Exit(exit.0)
+        } else {
+            GuestFailure::Trap(format!("{error:#}"))
+        }
+    }
+}
+
 /// A [`wasmtime::ResourceLimiter`] that caps linear memory and remembers
 /// refusing, so the failure that follows (Go crashes with "out of memory"
 /// when `memory.grow` fails) can be reported as the limit it is.

@@ -171,9 +171,9 @@ impl ArtifactStore {
             .expect("decompression does not panic")
     }
 
-    /// The stored (zstd) bytes of a blob, unverified: for relaying to a
-    /// client that verifies after decompressing.
-    pub async fn get_blob_compressed(&self, digest: &Digest) -> Result<Bytes, StoreError> {
+    /// The stored (zstd) bytes of a blob, unverified: private, so that no
+    /// caller can mistake them for checked bytes.
+    async fn get_blob_compressed(&self, digest: &Digest) -> Result<Bytes, StoreError> {
         self.read(&blob_path(digest), || format!("blob {digest}"))
             .await
     }

@@ -515,7 +515,7 @@ async fn exec(module: &Path, args: Vec<String>) -> Result<u8> {
 
 fn read_or_build_module(path: &Path, mode: BuildMode, progress: &BuildProgress) -> Result<Vec<u8>> {
     if path.is_dir() {
-        let go = Go::find(path)?;
+        let go = Go::find()?;
         let step = format!("go build ({})", go.version);
         progress.start(&step);
         let started = Instant::now();
@@ -550,7 +550,7 @@ async fn export(
                         manifest
                             .artifacts
                             .iter()
-                            .map(|a| a.target.as_str())
+                            .map(|a| a.profile.as_str())
                             .collect::<Vec<_>>()
                             .join(", ")
                     )

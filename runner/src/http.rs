@@ -239,7 +239,8 @@ async fn handle(
     }
     tracing::info!(
         target: "thaw::access",
-        request_id, function = %name, %method, path = %path_and_query, status,
+        // The path without its query: query strings can carry tokens.
+        request_id, function = %name, %method, path = %path_only(&path_and_query), status,
         total_us = total.as_micros() as u64,
         instantiate_us = instantiate.map(|d| d.as_micros() as u64),
         "request"
@@ -325,15 +326,34 @@ async fn run(
         }
     };
 
-    app.metrics.in_flight.inc();
+    // A guard, because hyper drops this future when the client goes away.
+    let _in_flight = InFlight::enter(&app.metrics);
     let result = function.call(stdin, &env).await;
-    app.metrics.in_flight.dec();
     match result {
         Ok(output) => {
             let instantiate = Some(output.instantiate);
-            (guest_response(app, name, function, output), instantiate)
+            (
+                guest_response(app, name, function, parts.method.as_str(), output),
+                instantiate,
+            )
         }
         Err(e) => (run_error(app, name, e), None),
+    }
+}
+
+/// Counts a running instance for as long as it lives.
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn enter(metrics: &'a Metrics) -> Self {
+        metrics.in_flight.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
     }
 }
 
@@ -380,11 +400,17 @@ fn run_error(app: &App, name: &str, e: RunError) -> Response {
     error(status, &reason)
 }
 
-fn guest_response(app: &App, name: &str, function: &Function, output: Output) -> Response {
+fn guest_response(
+    app: &App,
+    name: &str,
+    function: &Function,
+    method: &str,
+    output: Output,
+) -> Response {
     if !output.stderr.is_empty() {
         tracing::info!(function = %name, stderr = %String::from_utf8_lossy(&output.stderr), "guest stderr");
     }
-    if output.stdout.len() >= function.config.max_stdout {
+    if output.stdout.len() > function.config.max_stdout {
         app.metrics.limit_hit(name, "response");
         return error(
             StatusCode::BAD_GATEWAY,
@@ -395,7 +421,7 @@ fn guest_response(app: &App, name: &str, function: &Function, output: Output) ->
         );
     }
     let parsed = match function.kind() {
-        ModuleKind::Reactor => parse_http1_response(&output.stdout),
+        ModuleKind::Reactor => parse_http1_response(&output.stdout, method),
         ModuleKind::Command => parse_cgi_response(&output.stdout),
     };
     match parsed {
@@ -408,6 +434,10 @@ fn guest_response(app: &App, name: &str, function: &Function, output: Output) ->
             )
         }
     }
+}
+
+fn path_only(path_and_query: &str) -> &str {
+    path_and_query.split('?').next().unwrap_or_default()
 }
 
 /// Serializes a request in HTTP/1.1 wire format for the SDK to parse.
@@ -467,7 +497,14 @@ fn cgi_env(
         env.push(("CONTENT_TYPE".into(), ct.to_string()));
     }
     for (name, value) in headers {
-        if HOP_BY_HOP.contains(&name.as_str()) || name == header::CONTENT_TYPE {
+        // `X_Forwarded_For` would collide with `X-Forwarded-For`, and
+        // `Proxy` would become HTTP_PROXY, which CGI programs read as
+        // their outbound proxy ("httpoxy").
+        if HOP_BY_HOP.contains(&name.as_str())
+            || name == header::CONTENT_TYPE
+            || name.as_str().contains('_')
+            || name.as_str() == "proxy"
+        {
             continue;
         }
         if let Ok(value) = value.to_str() {
@@ -500,8 +537,9 @@ fn build_response(
     Ok(response)
 }
 
-/// Parses the SDK's HTTP/1.1 response.
-fn parse_http1_response(raw: &Bytes) -> Result<Response, String> {
+/// Parses the SDK's HTTP/1.1 response to a `method` request. A response to
+/// HEAD, and a 1xx, 204 or 304, carries a Content-Length but no body.
+fn parse_http1_response(raw: &Bytes, method: &str) -> Result<Response, String> {
     let mut headers = [httparse::EMPTY_HEADER; 128];
     let mut parsed = httparse::Response::new(&mut headers);
     let head_len = match parsed.parse(raw).map_err(|e| e.to_string())? {
@@ -509,6 +547,7 @@ fn parse_http1_response(raw: &Bytes) -> Result<Response, String> {
         httparse::Status::Partial => return Err("incomplete response head".into()),
     };
     let status = parsed.code.ok_or("no status code")?;
+    let bodiless = method == "HEAD" || status < 200 || status == 204 || status == 304;
     let mut body = raw.slice(head_len..);
     let mut pairs = Vec::new();
     for h in parsed.headers.iter() {
@@ -517,7 +556,7 @@ fn parse_http1_response(raw: &Bytes) -> Result<Response, String> {
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
                 .ok_or("bad Content-Length")?;
-            if length > body.len() {
+            if length > body.len() && !bodiless {
                 return Err(format!(
                     "Content-Length {length} but only {} body bytes",
                     body.len()
@@ -588,19 +627,30 @@ mod tests {
 
     #[test]
     fn parses_sdk_responses_and_rejects_truncated_ones() {
-        let ok = parse_http1_response(&Bytes::from_static(
-            b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nokEXTRA",
-        ))
+        let ok = parse_http1_response(
+            &Bytes::from_static(
+                b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nokEXTRA",
+            ),
+            "GET",
+        )
         .unwrap();
         assert_eq!(ok.status(), 201);
         assert_eq!(ok.headers()["x-a"], "1");
         assert!(
-            parse_http1_response(&Bytes::from_static(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort"
-            ))
+            parse_http1_response(
+                &Bytes::from_static(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort"),
+                "GET"
+            )
             .is_err()
         );
-        assert!(parse_http1_response(&Bytes::from_static(b"garbage")).is_err());
+        assert!(parse_http1_response(&Bytes::from_static(b"garbage"), "GET").is_err());
+        // Regression: a HEAD response declares the GET body's length.
+        let head = parse_http1_response(
+            &Bytes::from_static(b"HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\n"),
+            "HEAD",
+        )
+        .unwrap();
+        assert_eq!(head.status(), 200);
     }
 
     #[test]

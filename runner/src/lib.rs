@@ -36,18 +36,18 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use thaw_artifact::profile::{EpochTicker, deadline_ticks, host_triple};
-use thaw_artifact::sandbox::{self, MemoryCap};
+use thaw_artifact::profile::{EPOCH_TICK, EpochTicker, host_triple};
+use thaw_artifact::sandbox::{self, GuestFailure, MemoryCap};
 use thaw_artifact::{
     Artifact, ArtifactStore, Digest, Manifest, ModuleKind, Reference, StoreError, profile,
 };
 use wasmtime::{
     Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig,
-    Store, Trap,
+    Store, UpdateDeadline,
 };
+use wasmtime_wasi::FsPerms;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
-use wasmtime_wasi::{FsPerms, I32Exit};
 
 /// Why loading or calling a function failed.
 #[derive(Debug, thiserror::Error)]
@@ -259,7 +259,7 @@ impl Runner {
                     .join(", "),
             })?
             .clone();
-        let path = self.cached_artifact(store, &artifact).await?;
+        let file = self.cached_artifact(store, &artifact).await?;
         let incompatible = |reason: String| RunError::Incompatible {
             artifact: format!(
                 "{} (built for {} with wasmtime {}, ISA flags [{}])",
@@ -271,11 +271,11 @@ impl Runner {
             host: format!("{host}, wasmtime {}", profile::WASMTIME_VERSION),
             reason,
         };
-        // SAFETY: `path` was verified against the artifact's digest from a
-        // manifest read from the trusted store, just now, in
-        // `cached_artifact`; cache files are only created by rename and never
+        // SAFETY: `file` is the handle whose bytes were just hashed and
+        // matched the artifact's digest, from a manifest read from the
+        // trusted store; cache files are only created by rename and never
         // rewritten in place, so the mapping cannot change under us.
-        let module = unsafe { Module::deserialize_file(&self.engine, &path) }
+        let module = unsafe { Module::deserialize_open_file(&self.engine, file) }
             .map_err(|e| incompatible(format!("{e:#}")))?;
         let pre = self
             .linker
@@ -289,13 +289,15 @@ impl Runner {
         })
     }
 
-    /// The verified local copy of `artifact`, fetching it when missing or
-    /// when the cached copy fails verification.
+    /// An open handle to the verified local copy of `artifact`, fetching
+    /// it when missing or when the cached copy fails verification. The
+    /// handle that was hashed is the one that gets mapped, so a file swapped
+    /// in the cache after the check is never loaded.
     async fn cached_artifact(
         &self,
         store: &ArtifactStore,
         artifact: &Artifact,
-    ) -> Result<PathBuf, RunError> {
+    ) -> Result<std::fs::File, RunError> {
         let digest = artifact.blob.digest;
         let path = self
             .config
@@ -305,20 +307,9 @@ impl Runner {
             let path = path.to_path_buf();
             move |source| RunError::Cache { path, source }
         };
-        let check = path.clone();
-        let verified = tokio::task::spawn_blocking(move || file_digest(&check))
-            .await
-            .expect("hashing does not panic");
-        match verified {
-            Ok(actual) if actual == digest => return Ok(path),
-            Ok(actual) => {
-                tracing::warn!(
-                    path = %path.display(), expected = %digest, %actual,
-                    "cached artifact failed verification; discarding it"
-                );
-                std::fs::remove_file(&path).map_err(cache_error(&path))?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        match open_verified(&path, digest).await {
+            Ok(Some(file)) => return Ok(file),
+            Ok(None) => {}
             Err(e) => return Err(cache_error(&path)(e)),
         }
         let bytes = store.get_blob(&artifact.blob).await?;
@@ -334,8 +325,39 @@ impl Runner {
         .await
         .expect("writing does not panic")
         .map_err(cache_error(&path))?;
-        Ok(path)
+        match open_verified(&path, digest).await {
+            Ok(Some(file)) => Ok(file),
+            Ok(None) => Err(cache_error(&path)(std::io::Error::other(
+                "the file changed right after it was written",
+            ))),
+            Err(e) => Err(cache_error(&path)(e)),
+        }
     }
+}
+
+/// Opens `path` and hashes the open file: `Some` if it holds `digest`;
+/// `None` if it is missing, or held other bytes (then it is removed).
+async fn open_verified(path: &Path, digest: Digest) -> std::io::Result<Option<std::fs::File>> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let actual = Digest::of_reader(&mut file)?;
+        if actual == digest {
+            return Ok(Some(file));
+        }
+        tracing::warn!(
+            path = %path.display(), expected = %digest, %actual,
+            "cached artifact failed verification; discarding it"
+        );
+        std::fs::remove_file(&path)?;
+        Ok(None)
+    })
+    .await
+    .expect("hashing does not panic")
 }
 
 /// The artifact for this host's triple whose ISA flags this CPU all has,
@@ -433,10 +455,6 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing in-flight requests");
 }
 
-fn file_digest(path: &Path) -> std::io::Result<Digest> {
-    Digest::of_reader(std::fs::File::open(path)?)
-}
-
 /// A loaded function, ready to serve requests.
 pub struct Function {
     manifest_digest: Digest,
@@ -473,7 +491,9 @@ impl Function {
     /// `env` its whole environment. Nothing survives the call.
     pub async fn call(&self, stdin: Vec<u8>, env: &[(String, String)]) -> Result<Output, RunError> {
         let started = Instant::now();
-        let stdout = MemoryOutputPipe::new(self.config.max_stdout);
+        // One byte over the cap, so that a response of exactly the cap is
+        // told apart from a truncated one.
+        let stdout = MemoryOutputPipe::new(self.config.max_stdout + 1);
         let stderr = MemoryOutputPipe::new(self.config.max_stderr);
         let wasi = sandbox::wasi_builder(env)
             .stdin(MemoryInputPipe::new(stdin))
@@ -488,41 +508,56 @@ impl Function {
             },
         );
         store.limiter(|s| &mut s.memory);
-        store.set_epoch_deadline(deadline_ticks(self.config.request_timeout));
-        store.epoch_deadline_trap();
+        let timeout = self.config.request_timeout;
+        let deadline = started + timeout;
+        // At every epoch tick, guest code yields its tokio worker (so a few
+        // spinning guests cannot starve the server) and traps once past
+        // the wall-clock deadline.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
 
-        let result = async {
+        let run = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             let instantiated = started.elapsed();
             let entry = instance.get_typed_func::<(), ()>(&mut store, &self.manifest.entry)?;
             entry.call_async(&mut store, ()).await?;
             Ok::<_, wasmtime::Error>(instantiated)
-        }
-        .await;
+        };
+        // A guest blocked in a host call (Go's time.Sleep waits in
+        // poll_oneoff) runs no wasm, so no epoch check fires: bound the
+        // whole call by the wall clock too.
+        let Ok(result) = tokio::time::timeout(timeout + 2 * EPOCH_TICK, run).await else {
+            return Err(RunError::Timeout(timeout));
+        };
         let stderr_bytes = stderr.contents();
         let instantiate = match result {
             Ok(instantiated) => instantiated,
-            // `proc_exit(0)` is how a Go command returns successfully.
-            Err(e) if e.downcast_ref::<I32Exit>().is_some_and(|exit| exit.0 == 0) => {
-                started.elapsed()
-            }
-            Err(e) => {
-                return Err(if store.data().memory.was_hit() {
-                    RunError::MemoryLimit(self.config.max_memory)
-                } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-                    RunError::Timeout(self.config.request_timeout)
-                } else if let Some(exit) = e.downcast_ref::<I32Exit>() {
-                    RunError::Exit {
-                        code: exit.0,
+            Err(e) => match GuestFailure::of(&e, &store.data().memory) {
+                // `proc_exit(0)` is how a Go command returns successfully.
+                GuestFailure::Exit(0) => started.elapsed(),
+                GuestFailure::Exit(code) => {
+                    return Err(RunError::Exit {
+                        code,
                         stderr: stderr_bytes,
-                    }
-                } else {
-                    RunError::Trap {
-                        message: format!("{e:#}"),
+                    });
+                }
+                GuestFailure::MemoryLimit => {
+                    return Err(RunError::MemoryLimit(self.config.max_memory));
+                }
+                GuestFailure::Timeout => return Err(RunError::Timeout(timeout)),
+                GuestFailure::Trap(message) => {
+                    return Err(RunError::Trap {
+                        message,
                         stderr: stderr_bytes,
-                    }
-                });
-            }
+                    });
+                }
+            },
         };
         Ok(Output {
             stdout: stdout.contents(),
@@ -562,12 +597,11 @@ impl Function {
         .await;
         match result {
             Ok(()) => Ok(0),
-            Err(e) => match e.downcast_ref::<I32Exit>() {
-                Some(exit) => Ok(exit.0),
-                None if store.data().memory.was_hit() => {
-                    Err(RunError::MemoryLimit(self.config.max_memory))
-                }
-                None => Err(RunError::Trap {
+            Err(e) => match GuestFailure::of(&e, &store.data().memory) {
+                GuestFailure::Exit(code) => Ok(code),
+                GuestFailure::MemoryLimit => Err(RunError::MemoryLimit(self.config.max_memory)),
+                // `exec` sets no deadline, so an interrupt is just a trap.
+                GuestFailure::Timeout | GuestFailure::Trap(_) => Err(RunError::Trap {
                     message: format!("{e:#}"),
                     stderr: Bytes::new(),
                 }),

@@ -29,10 +29,9 @@ use std::time::Duration;
 
 use thaw_artifact::abi::{PRE_SNAPSHOT_EXPORT, REACTOR_INIT_EXPORT, WASI_P1_MODULE};
 use thaw_artifact::profile::{EpochTicker, deadline_ticks};
-use thaw_artifact::sandbox::MemoryCap;
+use thaw_artifact::sandbox::{GuestFailure, MemoryCap};
 use thaw_artifact::{ModuleKind, sandbox};
-use wasmtime::{Engine, Linker, Store, Trap};
-use wasmtime_wasi::I32Exit;
+use wasmtime::{Engine, Linker, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 
@@ -280,14 +279,27 @@ impl Snapshotter {
 
         let mut started = false;
         let deadline = deadline_ticks(options.init_timeout);
-        let result = wizer
-            .run(&mut store, wasm, async |store, module| {
-                started = true;
-                store.set_epoch_deadline(deadline);
-                store.epoch_deadline_trap();
-                self.linker.instantiate_async(store, module).await
-            })
-            .await;
+        let run = wizer.run(&mut store, wasm, async |store, module| {
+            store.set_epoch_deadline(deadline);
+            store.epoch_deadline_trap();
+            let instance = self.linker.instantiate_async(store, module).await?;
+            // Only now does guest code run; failures before are the module's
+            // shape (unsupported instructions, imports of the wrong type).
+            started = true;
+            Ok(instance)
+        });
+        // Init blocked in a host call (Go's time.Sleep waits in
+        // poll_oneoff) runs no wasm, so no epoch check fires: the wall clock
+        // bounds the whole run too. Wizer's compile of the instrumented
+        // module counts against it, hence the extra minute.
+        let Ok(result) =
+            tokio::time::timeout(options.init_timeout + Duration::from_secs(60), run).await
+        else {
+            return Err(SnapshotError::InitTimeout {
+                limit: options.init_timeout,
+                stderr: String::from_utf8_lossy(&stderr.contents()).into_owned(),
+            });
+        };
         let captured =
             |pipe: &MemoryOutputPipe| String::from_utf8_lossy(&pipe.contents()).into_owned();
         let raw = match result {
@@ -296,26 +308,22 @@ impl Snapshotter {
                 let stderr = captured(&stderr);
                 return Err(if !started {
                     SnapshotError::Unsupported(format!("{error:#}"))
-                } else if store.data().memory.was_hit() {
-                    SnapshotError::InitMemoryLimit {
-                        limit: options.max_memory,
-                        stderr,
-                    }
-                } else if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-                    SnapshotError::InitTimeout {
-                        limit: options.init_timeout,
-                        stderr,
-                    }
-                } else if let Some(exit) = error.downcast_ref::<I32Exit>() {
-                    SnapshotError::InitExit {
-                        code: exit.0,
-                        stderr,
-                    }
                 } else {
-                    SnapshotError::InitTrap {
-                        panic: go_panic_line(&stderr),
-                        trap: format!("{error:#}"),
-                        stderr,
+                    match GuestFailure::of(&error, &store.data().memory) {
+                        GuestFailure::MemoryLimit => SnapshotError::InitMemoryLimit {
+                            limit: options.max_memory,
+                            stderr,
+                        },
+                        GuestFailure::Timeout => SnapshotError::InitTimeout {
+                            limit: options.init_timeout,
+                            stderr,
+                        },
+                        GuestFailure::Exit(code) => SnapshotError::InitExit { code, stderr },
+                        GuestFailure::Trap(trap) => SnapshotError::InitTrap {
+                            panic: go_panic_line(&stderr),
+                            trap,
+                            stderr,
+                        },
                     }
                 });
             }

@@ -77,7 +77,9 @@ pub fn strip_empty_passive_segments(wasm: &[u8]) -> Result<Stripped, MalformedMo
                 push_section(
                     &mut out,
                     &wasm_encoder::DataCountSection {
-                        count: count - empty_passive as u32,
+                        count: count.checked_sub(empty_passive as u32).ok_or_else(|| {
+                            MalformedModule("DataCount is smaller than the data section".into())
+                        })?,
                     },
                 );
             }

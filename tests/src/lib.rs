@@ -18,9 +18,7 @@ pub fn repo_root() -> PathBuf {
 /// The Go toolchain, found (or installed) once per test binary.
 pub fn go() -> &'static Go {
     static GO: OnceLock<Go> = OnceLock::new();
-    GO.get_or_init(|| {
-        Go::find(&repo_root()).expect("a Go toolchain (the test command installs one)")
-    })
+    GO.get_or_init(|| Go::find().expect("a Go toolchain (the test command installs one)"))
 }
 
 /// Builds a Go package of this repo (path relative to the root) for wasip1.
