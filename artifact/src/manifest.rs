@@ -151,6 +151,15 @@ impl Manifest {
         self.artifacts.iter().find(|a| a.profile == profile)
     }
 
+    /// The target profiles built, comma-separated, for messages.
+    pub fn profile_names(&self) -> String {
+        self.artifacts
+            .iter()
+            .map(|a| a.profile.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Every blob the manifest depends on.
     pub fn blobs(&self) -> impl Iterator<Item = &BlobRef> {
         std::iter::once(&self.source)

@@ -19,6 +19,11 @@ pub fn cache_home() -> Option<PathBuf> {
     }
 }
 
+/// The runner's verified artifact cache: `<cache home>/artifacts`.
+pub fn artifact_cache() -> Option<PathBuf> {
+    cache_home().map(|home| home.join("artifacts"))
+}
+
 /// The default store location: `<data home>/store`.
 pub fn default_store() -> Option<String> {
     data_home().map(|home| home.join("store").display().to_string())

@@ -491,9 +491,9 @@ async fn exec(module: &Path, args: Vec<String>) -> Result<u8> {
             module.display()
         );
     }
-    let cache_home =
-        thaw_artifact::paths::cache_home().context("no cache directory: set THAW_HOME")?;
-    let mut config = RunnerConfig::new(cache_home.join("artifacts"));
+    let cache =
+        thaw_artifact::paths::artifact_cache().context("no cache directory: set THAW_HOME")?;
+    let mut config = RunnerConfig::new(cache);
     config.max_instances = 1;
     // A local program, not an edge request: the whole 32-bit address space.
     config.max_memory = 4 << 30;
@@ -547,12 +547,7 @@ async fn export(
                 .with_context(|| {
                     format!(
                         "{reference} has no artifact for {target}; it has: {}",
-                        manifest
-                            .artifacts
-                            .iter()
-                            .map(|a| a.profile.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        manifest.profile_names()
                     )
                 })?
                 .blob

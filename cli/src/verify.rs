@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use thaw_artifact::profile::{self, host_triple};
-use thaw_artifact::{ArtifactStore, Manifest, ModuleKind, Reference};
+use thaw_artifact::{ArtifactStore, ModuleKind, Reference};
 use thaw_runner::{Runner, RunnerConfig};
 
 /// Where `scripts/install-isa-tools.sh` puts the aarch64 wasmtime CLI.
@@ -54,9 +54,8 @@ pub async fn call(
     reference: &Reference,
     request: &RequestArgs,
 ) -> Result<Vec<u8>> {
-    let cache = thaw_artifact::paths::cache_home()
-        .context("no cache directory: set THAW_HOME")?
-        .join("artifacts");
+    let cache =
+        thaw_artifact::paths::artifact_cache().context("no cache directory: set THAW_HOME")?;
     let mut config = RunnerConfig::new(cache);
     // One call: one slot, so the pooling allocator reserves little address
     // space (this also runs under QEMU).
@@ -86,7 +85,7 @@ pub async fn verify(
     let artifact = manifest.artifact_for(target).with_context(|| {
         format!(
             "{reference} has no artifact for {target}; it has: {}",
-            targets(&manifest)
+            manifest.profile_names()
         )
     })?;
     let host = host_triple();
@@ -177,15 +176,6 @@ pub async fn verify(
     }
     println!("identical responses");
     Ok(())
-}
-
-fn targets(manifest: &Manifest) -> String {
-    manifest
-        .artifacts
-        .iter()
-        .map(|a| a.profile.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn arch(triple: &str) -> &str {

@@ -1,20 +1,13 @@
 //! The `thaw` binary, as a user drives it.
 
-use std::path::Path;
+mod common;
+
 use std::process::{Command, Output};
 
+use common::thaw;
 use thaw_artifact::{Digest, Manifest};
 use thaw_gobuild::BuildMode;
 use thaw_tests::{build_go, elf_machine};
-
-fn thaw(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_thaw"))
-        .args(args)
-        .env("THAW_HOME", home)
-        .env_remove("THAW_STORE")
-        .output()
-        .unwrap()
-}
 
 fn ok(output: Output) -> String {
     assert!(

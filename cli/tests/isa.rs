@@ -4,22 +4,15 @@
 //! host artifact run natively. The test command installs QEMU and the CLI
 //! (`scripts/install-isa-tools.sh`).
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+
+use common::thaw;
 use thaw_gobuild::BuildMode;
 use thaw_tests::build_go;
 
 const TARGETS: [&str; 2] = ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"];
-
-fn thaw(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_thaw"))
-        .args(args)
-        .env("THAW_HOME", home)
-        .env_remove("THAW_STORE")
-        .output()
-        .unwrap()
-}
 
 fn build(home: &Path, package: &str, name: &str) {
     let module = home.join(format!("{name}.wasm"));

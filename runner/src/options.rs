@@ -54,9 +54,8 @@ impl ServeOptions {
     pub fn runner_config(&self) -> Result<RunnerConfig, String> {
         let cache_dir = match &self.cache_dir {
             Some(dir) => dir.clone(),
-            None => thaw_artifact::paths::cache_home()
-                .ok_or("no cache directory: set THAW_HOME or pass --cache-dir")?
-                .join("artifacts"),
+            None => thaw_artifact::paths::artifact_cache()
+                .ok_or("no cache directory: set THAW_HOME or pass --cache-dir")?,
         };
         Ok(RunnerConfig {
             cache_dir,
