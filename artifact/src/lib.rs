@@ -7,6 +7,7 @@
 //!   setting that must match between compiling and loading an artifact.
 //! - [`ArtifactStore`]: the content-addressed store over `object_store`.
 //! - [`sandbox`]: the WASI environment guests see at build and run time.
+//! - [`signing`]: ed25519 signatures of manifests, and the keys runners trust.
 //!
 //! This crate links wasmtime's runtime but never its compiler, so the
 //! runner can depend on it.
@@ -31,6 +32,7 @@ pub mod paths;
 pub mod profile;
 mod reference;
 pub mod sandbox;
+pub mod signing;
 mod store;
 
 pub use digest::{Digest, InvalidDigest, Sha256Hasher};
@@ -39,7 +41,10 @@ pub use manifest::{
 };
 pub use profile::{TargetProfile, UnsupportedTarget};
 pub use reference::{DEFAULT_TAG, InvalidReference, Reference, TagRef};
-pub use store::{ArtifactStore, DEFAULT_ZSTD_LEVEL, StoreError, decode_blob};
+pub use store::{
+    ArtifactStore, DEFAULT_S3_RETRY_TIMEOUT, DEFAULT_ZSTD_LEVEL, Record, StoreError, StoredBlob,
+    decode_blob,
+};
 
 /// The thaw version, recorded in every manifest.
 pub const THAW_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -9,17 +9,33 @@
 //! | `manifests/sha256/<hex>` | manifest JSON whose SHA-256 is `<hex>` |
 //! | `build-cache/<hex>` | the manifest digest built for build-cache key `<hex>` |
 //! | `tags/<name>/_tag/<tag>` | the manifest digest `name:tag` points at |
+//! | `signatures/sha256/<hex>` | the registry's signature of manifest `<hex>` |
+//! | `builds/<hex>` | the registry's record of build `<hex>` (JSON) |
+//! | `leases/<hex>` | which registry process holds build `<hex>` (JSON) |
+//!
+//! `s3://bucket` opens an S3-compatible bucket configured by the standard
+//! AWS environment variables (`AWS_ENDPOINT`, `AWS_REGION`,
+//! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP`, ...).
 
+use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
+use crate::signing::ManifestSignature;
 use crate::{BlobRef, Digest, Manifest, ManifestError, Reference, TagRef};
+
+/// How long one S3 request may keep retrying before it fails. A build
+/// whose bucket is down fails after this rather than hanging; override with
+/// `THAW_S3_RETRY_TIMEOUT_SECS`.
+pub const DEFAULT_S3_RETRY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Default zstd level for stored blobs: measured on Go artifacts, level 3
 /// already gets most of the ratio, and higher levels cost seconds per build.
@@ -90,9 +106,10 @@ impl ArtifactStore {
         }
         let path = match location.split_once("://") {
             Some(("file", path)) => path,
+            Some(("s3", bucket)) => return Self::open_s3(bucket.trim_end_matches('/')),
             Some((scheme, _)) => {
                 return Err(invalid(format!(
-                    "scheme {scheme:?} is not supported here (use file:// or memory://)"
+                    "scheme {scheme:?} is not supported (use file://, s3:// or memory://)"
                 )));
             }
             None => location,
@@ -107,6 +124,52 @@ impl ArtifactStore {
             Arc::new(local),
             &format!("file://{}", root.display()),
         ))
+    }
+
+    /// Opens `location`, or the default store (`<data home>/store`) when
+    /// none is given.
+    pub fn open_or_default(location: Option<&str>) -> Result<Self, StoreError> {
+        match location {
+            Some(location) => Self::open(location),
+            None => {
+                let location =
+                    crate::paths::default_store().ok_or_else(|| StoreError::InvalidLocation {
+                        location: String::new(),
+                        reason: "no data directory: set THAW_HOME or pass --store".into(),
+                    })?;
+                Self::open(&location)
+            }
+        }
+    }
+
+    /// Opens an S3 bucket configured from the AWS environment variables.
+    fn open_s3(bucket: &str) -> Result<Self, StoreError> {
+        let location = format!("s3://{bucket}");
+        if bucket.is_empty() || bucket.contains('/') {
+            return Err(StoreError::InvalidLocation {
+                location,
+                reason: "expected s3://<bucket>".into(),
+            });
+        }
+        let retry_timeout = std::env::var("THAW_S3_RETRY_TIMEOUT_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_S3_RETRY_TIMEOUT);
+        let retry = object_store::RetryConfig {
+            retry_timeout,
+            max_retries: 4,
+            ..Default::default()
+        };
+        let s3 = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(retry)
+            .build()
+            .map_err(|e| StoreError::InvalidLocation {
+                location: location.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self::new(Arc::new(s3), &location))
     }
 
     /// Wraps any object store. `location` is for messages.
@@ -183,6 +246,57 @@ impl ArtifactStore {
         self.exists(&blob_path(digest)).await
     }
 
+    /// The stored (zstd) bytes of a blob, or a byte range of them, as a
+    /// stream, with the stored size. Unverified: for serving to clients that
+    /// verify what they decode ([`decode_blob`]).
+    pub async fn stored_blob(
+        &self,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+    ) -> Result<StoredBlob, StoreError> {
+        let options = GetOptions::new().with_range(range);
+        match self.objects.get_opts(&blob_path(digest), options).await {
+            Ok(result) => Ok(StoredBlob {
+                size: result.meta.size,
+                range: result.range.clone(),
+                bytes: result.into_stream().map_err(StoreError::from).boxed(),
+            }),
+            Err(object_store::Error::NotFound { .. }) => {
+                Err(StoreError::NotFound(format!("blob {digest}")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The stored (compressed) size of a blob, if present.
+    pub async fn stored_blob_size(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        match self.objects.head(&blob_path(digest)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stores already-compressed bytes fetched from elsewhere, after
+    /// decoding them and checking them against `blob`.
+    pub async fn put_blob_compressed(
+        &self,
+        blob: &BlobRef,
+        compressed: Bytes,
+    ) -> Result<(), StoreError> {
+        let expected = blob.clone();
+        let check = compressed.clone();
+        tokio::task::spawn_blocking(move || decode_blob(&check, &expected))
+            .await
+            .expect("decompression does not panic")?;
+        if !self.has_blob(&blob.digest).await? {
+            self.objects
+                .put(&blob_path(&blob.digest), PutPayload::from(compressed))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Stores a manifest under its digest. Every blob it names must already
     /// be stored, so that a manifest never points at missing data.
     pub async fn put_manifest(&self, manifest: &Manifest) -> Result<Digest, StoreError> {
@@ -204,6 +318,13 @@ impl ArtifactStore {
 
     /// Reads and verifies a manifest.
     pub async fn get_manifest(&self, digest: &Digest) -> Result<Manifest, StoreError> {
+        Ok(Manifest::from_bytes(
+            &self.get_manifest_bytes(digest).await?,
+        )?)
+    }
+
+    /// The stored bytes of a manifest, verified against its digest.
+    pub async fn get_manifest_bytes(&self, digest: &Digest) -> Result<Bytes, StoreError> {
         let what = || format!("manifest {digest}");
         let bytes = self.read(&manifest_path(digest), what).await?;
         let actual = Digest::of(&bytes);
@@ -214,7 +335,100 @@ impl ArtifactStore {
                 actual,
             });
         }
-        Ok(Manifest::from_bytes(&bytes)?)
+        Ok(bytes)
+    }
+
+    /// Stores a signature of a stored manifest.
+    pub async fn put_signature(
+        &self,
+        manifest: &Digest,
+        signature: &ManifestSignature,
+    ) -> Result<(), StoreError> {
+        self.objects
+            .put(
+                &signature_path(manifest),
+                PutPayload::from(signature.to_string()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The stored signature of a manifest, if any.
+    pub async fn get_signature(
+        &self,
+        manifest: &Digest,
+    ) -> Result<Option<ManifestSignature>, StoreError> {
+        let what = || format!("signature of {manifest}");
+        match self.read(&signature_path(manifest), what).await {
+            Ok(bytes) => std::str::from_utf8(&bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|s| {
+                    s.parse()
+                        .map_err(|e: crate::signing::SignatureError| e.to_string())
+                })
+                .map(Some)
+                .map_err(|reason| StoreError::Corrupt {
+                    what: what(),
+                    reason,
+                }),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes a small record (a build record or a lease) under `kind/<id>`.
+    /// `kind` is [`Record::Build`] or [`Record::Lease`].
+    pub async fn put_record(
+        &self,
+        kind: Record,
+        id: &Digest,
+        bytes: Bytes,
+    ) -> Result<(), StoreError> {
+        self.objects
+            .put(&kind.path(id), PutPayload::from(bytes))
+            .await?;
+        Ok(())
+    }
+
+    /// Writes a record only if none exists: `Ok(false)` when one does. On
+    /// stores that honour conditional create (local disk, AWS S3, MinIO,
+    /// R2), two processes racing get exactly one `Ok(true)`.
+    pub async fn create_record(
+        &self,
+        kind: Record,
+        id: &Digest,
+        bytes: Bytes,
+    ) -> Result<bool, StoreError> {
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .objects
+            .put_opts(&kind.path(id), PutPayload::from(bytes), options)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads a record, if present.
+    pub async fn get_record(&self, kind: Record, id: &Digest) -> Result<Option<Bytes>, StoreError> {
+        match self.read(&kind.path(id), || format!("{kind:?} {id}")).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes a record; a missing one is not an error.
+    pub async fn delete_record(&self, kind: Record, id: &Digest) -> Result<(), StoreError> {
+        match self.objects.delete(&kind.path(id)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Points `tag` at a stored manifest.
@@ -341,6 +555,16 @@ impl ArtifactStore {
                     }
                     Err(e) => problems.push(format!("{key}: {e}")),
                 }
+            } else if let Some(hex) = key.strip_prefix("signatures/sha256/") {
+                if !self
+                    .exists(&Path::from(format!("manifests/sha256/{hex}")))
+                    .await?
+                {
+                    problems.push(format!("{key}: signs a missing manifest"));
+                }
+            } else if key.starts_with("builds/") || key.starts_with("leases/") {
+                // Records of the build service: they never point at data
+                // that a reader would trust.
             } else if key.starts_with("tags/") || key.starts_with("build-cache/") {
                 let bytes = self.read(&meta.location, || key.clone()).await?;
                 match parse_digest_object(&bytes, || key.clone()) {
@@ -369,6 +593,35 @@ impl ArtifactStore {
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// The stored bytes of a blob, as [`ArtifactStore::stored_blob`] returns them.
+pub struct StoredBlob {
+    /// The whole stored (compressed) size.
+    pub size: u64,
+    /// The range of stored bytes in `bytes`.
+    pub range: Range<u64>,
+    /// The bytes, unverified.
+    pub bytes: BoxStream<'static, Result<Bytes, StoreError>>,
+}
+
+/// The kinds of small mutable records the build service keeps in the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// A build's status, at `builds/<id>`.
+    Build,
+    /// Which process holds a build, at `leases/<id>`.
+    Lease,
+}
+
+impl Record {
+    fn path(self, id: &Digest) -> Path {
+        let dir = match self {
+            Record::Build => "builds",
+            Record::Lease => "leases",
+        };
+        Path::from(format!("{dir}/{}", id.hex()))
     }
 }
 
@@ -411,6 +664,10 @@ fn blob_path(digest: &Digest) -> Path {
 
 fn manifest_path(digest: &Digest) -> Path {
     Path::from(format!("manifests/sha256/{}", digest.hex()))
+}
+
+fn signature_path(manifest: &Digest) -> Path {
+    Path::from(format!("signatures/sha256/{}", manifest.hex()))
 }
 
 fn cache_path(key: &Digest) -> Path {

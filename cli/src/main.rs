@@ -2,6 +2,7 @@
 //! artifacts, serve them, and inspect and export them.
 
 mod progress;
+mod service;
 mod verify;
 
 use std::io::Write;
@@ -18,8 +19,8 @@ use thaw_gobuild::{BuildMode, Go};
 use thaw_registry::thaw_compiler::{Compiler, IncrementalCache};
 use thaw_registry::thaw_snapshotter::{DEFAULT_INIT_MAX_MEMORY, SnapshotOptions};
 use thaw_registry::{BuildOutcome, BuildRequest, Builder};
-use thaw_runner::options::{ServeOptions, parse_duration, parse_env};
-use thaw_runner::{Runner, RunnerConfig};
+use thaw_runner::options::{ServeOptions, SourceOptions, parse_duration, parse_env};
+use thaw_runner::{ArtifactSource, Runner, RunnerConfig};
 
 use crate::progress::{BuildProgress, format_duration};
 
@@ -53,7 +54,7 @@ enum Command {
         #[arg(required = true)]
         functions: Vec<Reference>,
         #[command(flatten)]
-        store: StoreArgs,
+        source: SourceOptions,
         #[command(flatten)]
         serve: ServeOptions,
     },
@@ -96,6 +97,15 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Create a registry signing key; prints the public key runners trust.
+    Keygen(service::KeygenArgs),
+    /// Run the registry: the build API and the read API over a store.
+    Registry(service::RegistryArgs),
+    /// Submit a Go package or .wasm file to a registry and follow its build.
+    Push(service::PushArgs),
+    /// Fetch a build from a registry into the local store, verifying the
+    /// manifest's signature and every blob's digest.
+    Pull(service::PullArgs),
     /// Show a stored build's manifest.
     Inspect {
         /// `name:tag` or a manifest digest.
@@ -147,7 +157,8 @@ enum Part {
 
 #[derive(Args)]
 struct StoreArgs {
-    /// The store: a directory, `file:///path` or `memory://`. Defaults to
+    /// The store: a directory, `file:///path`, `s3://bucket` (configured by
+    /// the AWS environment variables) or `memory://`. Defaults to
     /// `$THAW_HOME/store`, else the XDG data directory (`~/.local/share/thaw/store`).
     #[arg(long, env = "THAW_STORE")]
     store: Option<String>,
@@ -155,12 +166,7 @@ struct StoreArgs {
 
 impl StoreArgs {
     fn open(&self) -> Result<ArtifactStore> {
-        let location = match &self.store {
-            Some(location) => location.clone(),
-            None => thaw_artifact::paths::default_store()
-                .context("no data directory: set THAW_HOME or pass --store")?,
-        };
-        ArtifactStore::open(&location).with_context(|| format!("opening store {location}"))
+        ArtifactStore::open_or_default(self.store.as_deref()).context("opening the store")
     }
 }
 
@@ -272,12 +278,17 @@ async fn run(command: Command) -> Result<u8> {
         }
         Command::Run {
             functions,
-            store,
+            source,
             serve,
         } => {
-            let store = store.open()?;
-            serve_functions(&store, &functions, &serve, false).await?;
+            let config = serve.runner_config().map_err(anyhow::Error::msg)?;
+            let source = source.open(&config.cache_dir).map_err(anyhow::Error::msg)?;
+            serve_functions(&source, &functions, &serve, false).await?;
         }
+        Command::Keygen(args) => service::keygen(&args)?,
+        Command::Registry(args) => service::registry(args).await?,
+        Command::Push(args) => service::push(args).await?,
+        Command::Pull(args) => service::pull(args).await?,
         Command::Exec { module, args } => return exec(&module, args).await,
         Command::Call {
             reference,
@@ -362,6 +373,7 @@ async fn build(
             ..SnapshotOptions::default()
         },
         tag: tag.clone(),
+        reuse_cached: true,
     };
     let events = progress.clone();
     let outcome = builder
@@ -431,12 +443,12 @@ fn default_name(path: &Path) -> Result<TagRef> {
 }
 
 async fn serve_functions(
-    store: &ArtifactStore,
+    source: &impl ArtifactSource,
     references: &[Reference],
     options: &ServeOptions,
     announce_first_request: bool,
 ) -> Result<()> {
-    let mut app = options.load_app(store, references).await?;
+    let mut app = options.load_app(source, references).await?;
     if announce_first_request {
         let announced = AtomicBool::new(false);
         app = app.on_response(move |record| {

@@ -26,6 +26,8 @@
 
 #![warn(missing_docs)]
 
+pub mod service;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -105,6 +107,11 @@ pub struct BuildRequest {
     pub snapshot: SnapshotOptions,
     /// The tag to point at the result.
     pub tag: Option<TagRef>,
+    /// Whether a stored build with the same build key may be returned
+    /// instead of building. The registry turns this off when the stored
+    /// build is not signed by its own key, so that it never signs what it
+    /// did not build.
+    pub reuse_cached: bool,
 }
 
 impl BuildRequest {
@@ -114,6 +121,7 @@ impl BuildRequest {
             targets,
             snapshot: SnapshotOptions::default(),
             tag: None,
+            reuse_cached: true,
         }
     }
 }
@@ -179,6 +187,12 @@ impl Builder {
         &self.store
     }
 
+    /// Validates and classifies a module without building it: the checks a
+    /// build would fail first, cheap enough to answer a submission with.
+    pub fn inspect(&self, wasm: &[u8]) -> Result<thaw_snapshotter::ModuleInfo, BuildError> {
+        Ok(self.snapshotter.inspect(wasm)?)
+    }
+
     /// Builds `wasm` as `request` says, reporting progress to `progress`.
     pub async fn build(
         &self,
@@ -195,7 +209,11 @@ impl Builder {
         }
         let source_digest = Digest::of(&wasm);
         let key = build_key(&source_digest, request);
-        if let Some(digest) = self.store.cached_build(&key).await? {
+        let cached = match request.reuse_cached {
+            true => self.store.cached_build(&key).await?,
+            false => None,
+        };
+        if let Some(digest) = cached {
             progress(BuildEvent::CacheHit(digest));
             let manifest = self.store.get_manifest(&digest).await?;
             if let Some(tag) = &request.tag {

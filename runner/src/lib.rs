@@ -30,6 +30,9 @@
 pub mod http;
 mod metrics;
 pub mod options;
+mod source;
+
+pub use source::ArtifactSource;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -38,9 +41,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use thaw_artifact::profile::{EPOCH_TICK, EpochTicker, host_triple};
 use thaw_artifact::sandbox::{self, GuestFailure, MemoryCap};
-use thaw_artifact::{
-    Artifact, ArtifactStore, Digest, Manifest, ModuleKind, Reference, StoreError, profile,
-};
+use thaw_artifact::{Artifact, Digest, Manifest, ModuleKind, Reference, StoreError, profile};
 use wasmtime::{
     Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig,
     Store, UpdateDeadline,
@@ -55,6 +56,9 @@ pub enum RunError {
     /// The store failed (including a blob that failed verification).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The registry failed, or what it sent failed verification.
+    #[error(transparent)]
+    Registry(#[from] thaw_client::ClientError),
     /// The manifest has no artifact for this host.
     #[error("{reference} has no artifact for this host ({host}); it was built for: {available}")]
     NoArtifactForHost {
@@ -222,14 +226,15 @@ impl Runner {
         &self.engine
     }
 
-    /// Resolves `reference` in `store` and loads the best artifact for this
+    /// Resolves `reference` in `source` (a trusted store, or a registry
+    /// whose signatures are checked) and loads the best artifact for this
     /// host: the one for its triple with the most ISA flags this CPU has.
     pub async fn load(
         &self,
-        store: &ArtifactStore,
+        source: &impl ArtifactSource,
         reference: &Reference,
     ) -> Result<Function, RunError> {
-        self.load_profile(store, reference, None).await
+        self.load_profile(source, reference, None).await
     }
 
     /// Like [`Runner::load`], but loads the artifact of the target profile
@@ -237,11 +242,11 @@ impl Runner {
     /// CPU lacks its features).
     pub async fn load_profile(
         &self,
-        store: &ArtifactStore,
+        source: &impl ArtifactSource,
         reference: &Reference,
         profile: Option<&str>,
     ) -> Result<Function, RunError> {
-        let (digest, manifest) = store.resolve(reference).await?;
+        let (digest, manifest) = source.resolve(reference).await?;
         let host = host_triple();
         let chosen = match profile {
             Some(name) => manifest.artifact_for(name),
@@ -259,7 +264,7 @@ impl Runner {
                     .join(", "),
             })?
             .clone();
-        let file = self.cached_artifact(store, &artifact).await?;
+        let file = self.cached_artifact(source, &artifact).await?;
         let incompatible = |reason: String| RunError::Incompatible {
             artifact: format!(
                 "{} (built for {} with wasmtime {}, ISA flags [{}])",
@@ -273,7 +278,7 @@ impl Runner {
         };
         // SAFETY: `file` is the handle whose bytes were just hashed and
         // matched the artifact's digest, from a manifest read from the
-        // trusted store; cache files are only created by rename and never
+        // trusted store or signed by a trusted registry key; cache files are only created by rename and never
         // rewritten in place, so the mapping cannot change under us.
         let module = unsafe { Module::deserialize_open_file(&self.engine, file) }
             .map_err(|e| incompatible(format!("{e:#}")))?;
@@ -295,7 +300,7 @@ impl Runner {
     /// in the cache after the check is never loaded.
     async fn cached_artifact(
         &self,
-        store: &ArtifactStore,
+        source: &impl ArtifactSource,
         artifact: &Artifact,
     ) -> Result<std::fs::File, RunError> {
         let digest = artifact.blob.digest;
@@ -312,7 +317,7 @@ impl Runner {
             Ok(None) => {}
             Err(e) => return Err(cache_error(&path)(e)),
         }
-        let bytes = store.get_blob(&artifact.blob).await?;
+        let bytes = source.fetch_blob(&artifact.blob).await?;
         let dir = self.config.cache_dir.clone();
         let target = path.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {

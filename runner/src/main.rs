@@ -3,8 +3,8 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use thaw_artifact::{ArtifactStore, Reference};
-use thaw_runner::options::ServeOptions;
+use thaw_artifact::Reference;
+use thaw_runner::options::{ServeOptions, SourceOptions};
 use thaw_runner::serve;
 
 #[derive(Parser)]
@@ -18,10 +18,8 @@ struct Args {
     /// served at `/`; several by path prefix `/<name>/` or `Host: <name>.…`.
     #[arg(required = true)]
     functions: Vec<Reference>,
-    /// The trusted store: a directory, `file:///path` or `memory://`.
-    /// Default: `$THAW_HOME/store`, else `~/.local/share/thaw/store`.
-    #[arg(long, env = "THAW_STORE")]
-    store: Option<String>,
+    #[command(flatten)]
+    source: SourceOptions,
     #[command(flatten)]
     serve: ServeOptions,
 }
@@ -36,14 +34,13 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let location = match args.store {
-        Some(location) => location,
-        None => thaw_artifact::paths::default_store()
-            .context("no data directory: set THAW_HOME or pass --store")?,
-    };
-    let store =
-        ArtifactStore::open(&location).with_context(|| format!("opening store {location}"))?;
-    let app = args.serve.load_app(&store, &args.functions).await?;
+    let config = args.serve.runner_config().map_err(anyhow::Error::msg)?;
+    let source = args
+        .source
+        .open(&config.cache_dir)
+        .map_err(anyhow::Error::msg)
+        .context("opening the function source")?;
+    let app = args.serve.load_app(&source, &args.functions).await?;
     let listener = tokio::net::TcpListener::bind(args.serve.listen)
         .await
         .with_context(|| format!("listening on {}", args.serve.listen))?;

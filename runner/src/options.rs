@@ -5,12 +5,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use thaw_artifact::{ArtifactStore, Reference};
+use thaw_artifact::signing::{PublicKey, TrustedKeys};
+use thaw_artifact::{ArtifactStore, BlobRef, Digest, Manifest, Reference};
+use thaw_client::RegistryClient;
 
 use crate::http::{App, DEFAULT_MAX_BODY, DuplicateName};
 use crate::{
-    DEFAULT_KEEP_RESIDENT, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_MEMORY, DEFAULT_MAX_STDERR,
-    DEFAULT_MAX_STDOUT, RunError, Runner, RunnerConfig, function_name,
+    ArtifactSource, DEFAULT_KEEP_RESIDENT, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_MEMORY,
+    DEFAULT_MAX_STDERR, DEFAULT_MAX_STDOUT, RunError, Runner, RunnerConfig, function_name,
 };
 
 /// Default `--listen`.
@@ -69,6 +71,75 @@ impl ServeOptions {
     }
 }
 
+/// Where functions come from: a trusted store, or a registry.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SourceOptions {
+    /// The trusted store: a directory, `file:///path`, `s3://bucket` or
+    /// `memory://`. Default: `$THAW_HOME/store`, else
+    /// `~/.local/share/thaw/store`.
+    #[arg(long, env = "THAW_STORE", conflicts_with = "registry")]
+    pub store: Option<String>,
+    /// Pull functions from this registry (`http://host:port`) on first use
+    /// instead of reading a store. Needs `--trust-key`.
+    #[arg(long, env = "THAW_REGISTRY")]
+    pub registry: Option<String>,
+    /// A registry public key whose signatures are trusted
+    /// (`ed25519:<hex>`, printed by `thaw keygen`); repeatable.
+    #[arg(long = "trust-key", env = "THAW_TRUST_KEYS", value_delimiter = ',')]
+    pub trust_keys: Vec<PublicKey>,
+    /// Bearer token for a registry that protects pulls.
+    #[arg(long, env = "THAW_REGISTRY_TOKEN", hide_env_values = true)]
+    pub registry_token: Option<String>,
+}
+
+/// An opened [`SourceOptions`].
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A store read directly.
+    Store(ArtifactStore),
+    /// A registry; verified manifests are cached for outages.
+    Registry(RegistryClient),
+}
+
+impl SourceOptions {
+    /// Opens the store or registry. `cache_dir` is the artifact cache; a
+    /// registry's verified manifests are kept beside it.
+    pub fn open(&self, cache_dir: &std::path::Path) -> Result<Source, String> {
+        let Some(url) = &self.registry else {
+            return ArtifactStore::open_or_default(self.store.as_deref())
+                .map(Source::Store)
+                .map_err(|e| e.to_string());
+        };
+        if self.trust_keys.is_empty() {
+            return Err("--registry needs at least one --trust-key".into());
+        }
+        let manifests = cache_dir
+            .join("registries")
+            .join(Digest::of(url.as_bytes()).short());
+        let client = RegistryClient::new(url, TrustedKeys::new(self.trust_keys.clone()))
+            .map_err(|e| e.to_string())?
+            .with_token(self.registry_token.clone())
+            .with_cache_dir(manifests);
+        Ok(Source::Registry(client))
+    }
+}
+
+impl ArtifactSource for Source {
+    async fn resolve(&self, reference: &Reference) -> Result<(Digest, Manifest), RunError> {
+        match self {
+            Source::Store(store) => ArtifactSource::resolve(store, reference).await,
+            Source::Registry(client) => ArtifactSource::resolve(client, reference).await,
+        }
+    }
+
+    async fn fetch_blob(&self, blob: &BlobRef) -> Result<bytes::Bytes, RunError> {
+        match self {
+            Source::Store(store) => ArtifactSource::fetch_blob(store, blob).await,
+            Source::Registry(client) => ArtifactSource::fetch_blob(client, blob).await,
+        }
+    }
+}
+
 /// Why [`ServeOptions::load_app`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadAppError {
@@ -90,10 +161,10 @@ pub enum LoadAppError {
 
 impl ServeOptions {
     /// Starts a runner with these options and loads every reference from
-    /// `store` into an [`App`] ready to serve.
+    /// `source` into an [`App`] ready to serve.
     pub async fn load_app(
         &self,
-        store: &ArtifactStore,
+        source: &impl ArtifactSource,
         references: &[Reference],
     ) -> Result<App, LoadAppError> {
         let runner = Runner::new(self.runner_config().map_err(LoadAppError::Options)?).map_err(
@@ -106,7 +177,7 @@ impl ServeOptions {
         for reference in references {
             let function =
                 runner
-                    .load(store, reference)
+                    .load(source, reference)
                     .await
                     .map_err(|source| LoadAppError::Load {
                         reference: reference.to_string(),

@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 
 use thaw_gobuild::{BuildMode, Go};
 
+pub mod garage;
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,0 +1,274 @@
+//! The registry side of the CLI: `thaw keygen`, `thaw registry`,
+//! `thaw push` and `thaw pull`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::Args;
+use thaw_artifact::signing::{PublicKey, RegistryKey, TrustedKeys};
+use thaw_artifact::{ArtifactStore, Reference, TagRef};
+use thaw_client::api::{BuildState, BuildStatus};
+use thaw_client::{PushRequest, RegistryClient};
+use thaw_gobuild::BuildMode;
+use thaw_registry::service::{
+    DEFAULT_MAX_MODULE_BYTES, DEFAULT_QUEUE_CAPACITY, DEFAULT_WORKERS, Service, ServiceConfig,
+    Tokens,
+};
+use thaw_registry::thaw_snapshotter::{DEFAULT_INIT_MAX_MEMORY, SnapshotOptions};
+use thaw_runner::options::{parse_duration, parse_env};
+
+use crate::progress::{BuildProgress, format_duration};
+use crate::{StoreArgs, builder, read_or_build_module};
+
+/// `thaw keygen`.
+#[derive(Args)]
+pub struct KeygenArgs {
+    /// Where to write the secret key (refuses to overwrite).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn keygen(args: &KeygenArgs) -> Result<()> {
+    let key = RegistryKey::generate();
+    key.write(&args.out)?;
+    eprintln!(
+        "wrote the signing key to {} (keep it secret)",
+        args.out.display()
+    );
+    println!("{}", key.public());
+    Ok(())
+}
+
+/// `thaw registry`.
+#[derive(Args)]
+pub struct RegistryArgs {
+    /// Address to listen on.
+    #[arg(long, env = "THAW_REGISTRY_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The ed25519 key manifests are signed with (from `thaw keygen`).
+    #[arg(long, env = "THAW_SIGNING_KEY")]
+    signing_key: PathBuf,
+    /// File of bearer tokens allowed to push, one per line.
+    #[arg(long, env = "THAW_TOKENS_FILE")]
+    tokens: PathBuf,
+    /// Require a token for reads too.
+    #[arg(long, env = "THAW_PULL_REQUIRES_TOKEN")]
+    pull_requires_token: bool,
+    /// Largest module accepted, in MiB.
+    #[arg(long, env = "THAW_MAX_MODULE_MIB", default_value_t = DEFAULT_MAX_MODULE_BYTES >> 20)]
+    max_module_mib: usize,
+    /// Builds that may wait for a worker; more get 503 with Retry-After.
+    #[arg(long, env = "THAW_BUILD_QUEUE", default_value_t = DEFAULT_QUEUE_CAPACITY)]
+    queue: usize,
+    /// Builds this process runs at once.
+    #[arg(long, env = "THAW_BUILD_WORKERS", default_value_t = DEFAULT_WORKERS)]
+    workers: usize,
+    /// How long a build lease lasts unrenewed; a build whose process died
+    /// is reported failed after this.
+    #[arg(long, env = "THAW_BUILD_LEASE_TTL", default_value = "30s", value_parser = parse_duration)]
+    lease_ttl: Duration,
+    /// Wall-clock limit for each module's init.
+    #[arg(long, env = "THAW_INIT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    init_timeout: Duration,
+    /// Linear-memory limit for each module's init, in MiB.
+    #[arg(long, env = "THAW_INIT_MAX_MEMORY_MIB", default_value_t = DEFAULT_INIT_MAX_MEMORY >> 20)]
+    init_max_memory_mib: u64,
+}
+
+pub async fn registry(args: RegistryArgs) -> Result<()> {
+    let store = args.store.open()?;
+    let key = RegistryKey::read(&args.signing_key)?;
+    let tokens = Tokens::read(&args.tokens)
+        .with_context(|| format!("reading tokens from {}", args.tokens.display()))?;
+    let mut config = ServiceConfig::new(tokens);
+    config.pull_requires_token = args.pull_requires_token;
+    config.max_module_bytes = args.max_module_mib << 20;
+    config.queue_capacity = args.queue;
+    config.workers = args.workers;
+    config.lease_ttl = args.lease_ttl;
+    config.snapshot = SnapshotOptions {
+        init_timeout: args.init_timeout,
+        max_memory: args.init_max_memory_mib << 20,
+        ..SnapshotOptions::default()
+    };
+    let location = store.location().to_string();
+    let service = Service::start(builder(store)?, key, config)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, store = %location, "registry listening");
+    eprintln!("registry on http://{address}/ (store {location})");
+    axum::serve(listener, service.router())
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+/// Registry address and credentials, shared by `push` and `pull`.
+#[derive(Args)]
+pub struct RemoteArgs {
+    /// The registry, `http://host:port`.
+    #[arg(long, env = "THAW_REGISTRY")]
+    registry: String,
+    /// Bearer token (needed to push, and to pull from a protected registry).
+    #[arg(long, env = "THAW_REGISTRY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+/// `thaw push`.
+#[derive(Args)]
+pub struct PushArgs {
+    /// A Go package directory (built with GOOS=wasip1) or a `.wasm` file.
+    path: PathBuf,
+    /// Tag the build as `name:tag`.
+    #[arg(long)]
+    name: Option<TagRef>,
+    /// A target profile; repeat for several. Default: the registry's
+    /// (x86_64 and aarch64).
+    #[arg(long = "target")]
+    targets: Vec<String>,
+    /// An environment variable visible to init, `KEY=VALUE`; repeatable.
+    #[arg(long = "init-env", value_parser = parse_env)]
+    init_env: Vec<(String, String)>,
+    /// How a Go package is linked.
+    #[arg(long, value_enum, default_value_t = BuildMode::Auto)]
+    go_buildmode: BuildMode,
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+pub async fn push(args: PushArgs) -> Result<()> {
+    let progress = Arc::new(BuildProgress::new());
+    let wasm = read_or_build_module(&args.path, args.go_buildmode, &progress)?;
+    let client = RegistryClient::new(&args.remote.registry, TrustedKeys::default())?
+        .with_token(args.remote.token.clone());
+    let request = PushRequest {
+        reference: args.name.clone(),
+        targets: args.targets.clone(),
+        init_env: args.init_env.clone(),
+    };
+    let started = Instant::now();
+    let mut shown = StepDisplay::default();
+    let pushed = client
+        .push(Bytes::from(wasm), &request, |status| {
+            shown.show(&progress, status)
+        })
+        .await;
+    let status = match pushed {
+        Ok(status) => status,
+        Err(e) => {
+            progress.abandon();
+            return Err(e).context(format!("pushing {}", args.path.display()));
+        }
+    };
+    if let BuildState::Succeeded {
+        manifest,
+        cache_hit,
+    } = &status.state
+    {
+        let how = if *cache_hit { "cache hit" } else { "built" };
+        eprintln!(
+            "{how} in {}{}",
+            format_duration(started.elapsed()),
+            args.name
+                .map(|n| format!(", tagged {n}"))
+                .unwrap_or_default()
+        );
+        println!("{manifest}");
+    }
+    Ok(())
+}
+
+/// Turns successive build statuses into progress-bar starts and finishes.
+#[derive(Default)]
+struct StepDisplay {
+    started: Vec<String>,
+    finished: Vec<String>,
+}
+
+impl StepDisplay {
+    fn show(&mut self, progress: &BuildProgress, status: &BuildStatus) {
+        for step in &status.steps {
+            if !self.started.contains(&step.step) {
+                progress.start(&step.step);
+                self.started.push(step.step.clone());
+            }
+            if let Some(millis) = step.millis
+                && !self.finished.contains(&step.step)
+            {
+                progress.finish(&step.step, Duration::from_millis(millis));
+                self.finished.push(step.step.clone());
+            }
+        }
+        if matches!(status.state, BuildState::Failed { .. }) {
+            progress.abandon();
+        }
+    }
+}
+
+/// `thaw pull`.
+#[derive(Args)]
+pub struct PullArgs {
+    /// `name:tag` or a manifest digest.
+    reference: Reference,
+    /// A registry public key to trust (`ed25519:<hex>`); repeatable.
+    #[arg(
+        long = "trust-key",
+        env = "THAW_TRUST_KEYS",
+        value_delimiter = ',',
+        required = true
+    )]
+    trust_keys: Vec<PublicKey>,
+    #[command(flatten)]
+    remote: RemoteArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// Pulls a build into the local store: the manifest (signature checked),
+/// then every blob (each decoded and checked against the manifest before
+/// it is written), then the tag. An interrupted pull leaves no tag or
+/// manifest pointing at missing data.
+pub async fn pull(args: PullArgs) -> Result<()> {
+    let started = Instant::now();
+    let client = RegistryClient::new(&args.remote.registry, TrustedKeys::new(args.trust_keys))?
+        .with_token(args.remote.token.clone());
+    let store: ArtifactStore = args.store.open()?;
+    let (digest, manifest) = client.resolve(&args.reference).await?;
+    let mut bytes = 0;
+    for blob in manifest.blobs() {
+        if store.has_blob(&blob.digest).await? {
+            continue;
+        }
+        let fetched = client
+            .fetch_blob(blob)
+            .await
+            .with_context(|| format!("pulling blob {}", blob.digest))?;
+        bytes += fetched.compressed.len();
+        store.put_blob_compressed(blob, fetched.compressed).await?;
+    }
+    let stored = store.put_manifest(&manifest).await?;
+    if stored != digest {
+        bail!("the manifest stored locally as {stored}, not {digest}: thaw versions differ");
+    }
+    if let Reference::Tag(tag) = &args.reference {
+        store.set_tag(tag, &digest).await?;
+    }
+    eprintln!(
+        "pulled {} ({} blob bytes) in {}",
+        args.reference,
+        bytes,
+        format_duration(started.elapsed())
+    );
+    println!("{digest}");
+    Ok(())
+}

@@ -1,0 +1,531 @@
+//! A client for thaw's registry that trusts nothing it downloads until it
+//! has checked it.
+//!
+//! - Manifests are accepted only with a valid signature by one of the
+//!   [`TrustedKeys`], and only if their bytes hash to the digest asked for.
+//! - Blobs are decoded and hashed against the signed manifest before they
+//!   are returned; a download cut off midway resumes with an HTTP `Range`
+//!   request, and the partial bytes are never handed out.
+//! - With [`RegistryClient::with_cache_dir`], every verified manifest and
+//!   tag is kept on disk, so a runner restarted during a registry outage
+//!   still resolves what it ran before (re-verifying the cached signature).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), thaw_client::ClientError> {
+//! use thaw_artifact::signing::TrustedKeys;
+//! use thaw_client::RegistryClient;
+//!
+//! let key = "ed25519:3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29";
+//! let trusted = TrustedKeys::new(vec![key.parse()?]);
+//! let registry = RegistryClient::new("http://127.0.0.1:7070", trusted)?;
+//! let (digest, manifest) = registry.resolve(&"hello:v1".parse().unwrap()).await?;
+//! let blob = registry.fetch_blob(&manifest.artifacts[0].blob).await?;
+//! println!("{digest}: {} bytes", blob.raw.len());
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod api;
+mod push;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_RANGE, ETAG, IF_RANGE, RANGE};
+use thaw_artifact::signing::{ManifestSignature, SignatureError, TrustedKeys};
+use thaw_artifact::{BlobRef, Digest, Manifest, Reference, StoreError, TagRef, decode_blob};
+
+pub use push::PushRequest;
+
+use api::{ErrorBody, SIGNATURE_HEADER, TagEntry};
+
+/// How many times a download is resumed before giving up.
+const MAX_ATTEMPTS: u32 = 5;
+
+/// Why a registry request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The registry address is not an `http://` or `https://` URL.
+    #[error("invalid registry URL {0:?}: expected http://host[:port] or https://...")]
+    InvalidUrl(String),
+    /// No trusted key is configured, so no manifest could be accepted.
+    #[error("no trusted registry key: pass --trust-key ed25519:<hex> (printed by `thaw keygen`)")]
+    NoTrustedKeys,
+    /// The registry could not be reached, or the connection broke.
+    #[error("{url}: {source}")]
+    Transport {
+        /// The request.
+        url: String,
+        /// Why.
+        source: reqwest::Error,
+    },
+    /// The registry answered with an error.
+    #[error("{url}: {status}: {message}")]
+    Status {
+        /// The request.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// The registry's message.
+        message: String,
+    },
+    /// The signature check failed.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// Downloaded bytes failed verification or decoding.
+    #[error(transparent)]
+    Verification(#[from] StoreError),
+    /// The registry answered something that does not follow the protocol.
+    #[error("{url}: {reason}")]
+    Protocol {
+        /// The request.
+        url: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The local manifest cache failed.
+    #[error("manifest cache {path}: {source}")]
+    Cache {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl ClientError {
+    /// Whether the registry said the thing does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Status { status: 404, .. })
+    }
+
+    /// Whether the registry was unreachable or failing, rather than the
+    /// request being wrong: worth a retry, or a fall-back to the cache.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Transport { .. } => true,
+            Self::Status { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
+/// A blob's bytes, verified against the manifest's digest.
+#[derive(Clone, Debug)]
+pub struct VerifiedBlob {
+    /// The stored (zstd) bytes as downloaded.
+    pub compressed: Bytes,
+    /// The decoded bytes; their SHA-256 is the blob's digest.
+    pub raw: Bytes,
+}
+
+/// A client of one registry. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct RegistryClient {
+    base: String,
+    http: reqwest::Client,
+    token: Option<String>,
+    trusted: TrustedKeys,
+    cache_dir: Option<PathBuf>,
+}
+
+impl RegistryClient {
+    /// A client of the registry at `base` (`http://host:port`), accepting
+    /// manifests signed by `trusted` keys.
+    pub fn new(base: &str, trusted: TrustedKeys) -> Result<Self, ClientError> {
+        let base = base.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::InvalidUrl(base));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("thaw/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|source| ClientError::Transport {
+                url: base.clone(),
+                source,
+            })?;
+        Ok(Self {
+            base,
+            http,
+            token: None,
+            trusted,
+            cache_dir: None,
+        })
+    }
+
+    /// Sends `token` as a bearer token with every request.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token.filter(|t| !t.is_empty());
+        self
+    }
+
+    /// Keeps verified manifests and tags under `dir`, and falls back to
+    /// them when the registry is unavailable.
+    pub fn with_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// The registry's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn get(&self, url: &str) -> reqwest::RequestBuilder {
+        self.authorize(self.http.get(url))
+    }
+
+    fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// Sends a request and turns an error status into [`ClientError::Status`].
+    async fn send(
+        &self,
+        url: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        let transport = |source| ClientError::Transport {
+            url: url.to_string(),
+            source,
+        };
+        let response = request.send().await.map_err(transport)?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(error_of(url, response).await)
+    }
+
+    /// Resolves a reference to a manifest whose digest and signature are
+    /// verified. Falls back to the local cache when the registry is
+    /// unavailable and a cache directory is set.
+    pub async fn resolve(&self, reference: &Reference) -> Result<(Digest, Manifest), ClientError> {
+        match self.resolve_remote(reference).await {
+            Err(e) if e.is_unavailable() && self.cache_dir.is_some() => {
+                match self.resolve_cached(reference)? {
+                    Some(found) => {
+                        tracing::warn!(%reference, error = %e, "registry unavailable; using the cached manifest");
+                        Ok(found)
+                    }
+                    None => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn resolve_remote(
+        &self,
+        reference: &Reference,
+    ) -> Result<(Digest, Manifest), ClientError> {
+        let digest = match reference {
+            Reference::Digest(digest) => *digest,
+            Reference::Tag(tag) => self.tag(tag).await?,
+        };
+        let (manifest, bytes, signature) = self.manifest(&digest).await?;
+        if let Some(dir) = &self.cache_dir {
+            cache::store(dir, reference, &digest, &bytes, &signature)?;
+        }
+        Ok((digest, manifest))
+    }
+
+    fn resolve_cached(
+        &self,
+        reference: &Reference,
+    ) -> Result<Option<(Digest, Manifest)>, ClientError> {
+        let Some(dir) = &self.cache_dir else {
+            return Ok(None);
+        };
+        let Some((digest, bytes, signature)) = cache::load(dir, reference)? else {
+            return Ok(None);
+        };
+        Ok(Some((
+            digest,
+            self.verify_manifest(&digest, &bytes, &signature)?,
+        )))
+    }
+
+    /// The manifest digest a tag points at (unverified: the manifest's
+    /// signature is what is trusted).
+    pub async fn tag(&self, tag: &TagRef) -> Result<Digest, ClientError> {
+        let url = self.url(&format!("/v1/tags/{tag}"));
+        let response = self.send(&url, self.get(&url)).await?;
+        let entry: TagEntry = json(&url, response).await?;
+        Ok(entry.manifest)
+    }
+
+    /// Every tag the registry holds.
+    pub async fn tags(&self) -> Result<Vec<TagEntry>, ClientError> {
+        let url = self.url("/v1/tags");
+        let response = self.send(&url, self.get(&url)).await?;
+        json(&url, response).await
+    }
+
+    /// A manifest by digest, verified: its bytes, and its signature.
+    pub async fn manifest(
+        &self,
+        digest: &Digest,
+    ) -> Result<(Manifest, Bytes, ManifestSignature), ClientError> {
+        if self.trusted.is_empty() {
+            return Err(ClientError::NoTrustedKeys);
+        }
+        let url = self.url(&format!("/v1/manifests/{digest}"));
+        let response = self.send(&url, self.get(&url)).await?;
+        let signature = response
+            .headers()
+            .get(SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::parse::<ManifestSignature>)
+            .transpose()?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        self.trusted.verify(digest, signature.as_ref())?;
+        let signature = signature.expect("verify refuses a missing signature");
+        let manifest = self.verify_manifest(digest, &bytes, &signature)?;
+        Ok((manifest, bytes, signature))
+    }
+
+    fn verify_manifest(
+        &self,
+        digest: &Digest,
+        bytes: &[u8],
+        signature: &ManifestSignature,
+    ) -> Result<Manifest, ClientError> {
+        self.trusted.verify(digest, Some(signature))?;
+        let actual = Digest::of(bytes);
+        if actual != *digest {
+            return Err(StoreError::DigestMismatch {
+                what: format!("manifest {digest}"),
+                expected: *digest,
+                actual,
+            }
+            .into());
+        }
+        Ok(Manifest::from_bytes(bytes).map_err(StoreError::from)?)
+    }
+
+    /// Downloads a blob and verifies it against `blob` (from a verified
+    /// manifest). A broken download resumes where it stopped, up to
+    /// five attempts; nothing unverified is ever returned.
+    pub async fn fetch_blob(&self, blob: &BlobRef) -> Result<VerifiedBlob, ClientError> {
+        let url = self.url(&format!("/v1/blobs/{}", blob.digest));
+        let mut buffer = Vec::with_capacity(blob.compressed_size as usize);
+        let mut attempt = 1;
+        loop {
+            match self.download(&url, blob, &mut buffer).await {
+                Ok(()) => break,
+                Err(e) if e.is_unavailable() && attempt < MAX_ATTEMPTS => {
+                    tracing::warn!(%url, attempt, have = buffer.len(), error = %e, "download interrupted; resuming");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let compressed = Bytes::from(buffer);
+        let expected = blob.clone();
+        let check = compressed.clone();
+        let raw = tokio::task::spawn_blocking(move || decode_blob(&check, &expected))
+            .await
+            .expect("decoding does not panic")?;
+        Ok(VerifiedBlob { compressed, raw })
+    }
+
+    /// Appends the rest of the blob to `buffer`, asking only for the bytes
+    /// after what it already holds.
+    async fn download(
+        &self,
+        url: &str,
+        blob: &BlobRef,
+        buffer: &mut Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let mut request = self.get(url);
+        if !buffer.is_empty() {
+            // If-Range: a blob never changes, but a registry serving other
+            // bytes under the same name must not be spliced onto ours.
+            request = request
+                .header(RANGE, format!("bytes={}-", buffer.len()))
+                .header(IF_RANGE, format!("\"{}\"", blob.digest));
+        }
+        let response = self.send(url, request).await?;
+        let protocol = |reason: String| ClientError::Protocol {
+            url: url.to_string(),
+            reason,
+        };
+        match response.status() {
+            StatusCode::PARTIAL_CONTENT => {
+                let start = response
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes "))
+                    .and_then(|v| v.split('-').next())
+                    .and_then(|v| v.parse::<usize>().ok());
+                if start != Some(buffer.len()) {
+                    return Err(protocol(format!(
+                        "asked for bytes from {}, got Content-Range {start:?}",
+                        buffer.len()
+                    )));
+                }
+            }
+            _ => buffer.clear(),
+        }
+        if let Some(etag) = response.headers().get(ETAG)
+            && etag.as_bytes() != format!("\"{}\"", blob.digest).as_bytes()
+        {
+            return Err(protocol(format!("ETag {etag:?} is not the blob's digest")));
+        }
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|source| ClientError::Transport {
+                url: url.to_string(),
+                source,
+            })?;
+            if (buffer.len() + chunk.len()) as u64 > blob.compressed_size {
+                return Err(protocol(format!(
+                    "blob {} is larger than the {} bytes its manifest gives",
+                    blob.digest, blob.compressed_size
+                )));
+            }
+            buffer.extend_from_slice(&chunk);
+        }
+        Ok(())
+    }
+}
+
+/// The [`ClientError::Status`] of an error answer, with the registry's message.
+async fn error_of(url: &str, response: reqwest::Response) -> ClientError {
+    let status = response.status().as_u16();
+    let body = response.bytes().await.unwrap_or_default();
+    let message = serde_json::from_slice::<ErrorBody>(&body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+    ClientError::Status {
+        url: url.to_string(),
+        status,
+        message,
+    }
+}
+
+async fn json<T: serde::de::DeserializeOwned>(
+    url: &str,
+    response: reqwest::Response,
+) -> Result<T, ClientError> {
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|source| ClientError::Transport {
+            url: url.to_string(),
+            source,
+        })?;
+    serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+        url: url.to_string(),
+        reason: format!("unexpected answer: {e}"),
+    })
+}
+
+/// The on-disk cache of verified manifests, for registry outages. Files are
+/// written to a temporary name and renamed, and every load re-verifies the
+/// signature and digest, so the cache itself is not trusted.
+mod cache {
+    use super::*;
+
+    fn manifest_path(dir: &Path, digest: &Digest) -> PathBuf {
+        dir.join("manifests").join(digest.hex())
+    }
+
+    fn tag_path(dir: &Path, tag: &TagRef) -> PathBuf {
+        dir.join("tags")
+            .join(tag.name())
+            .join("_tag")
+            .join(tag.tag())
+    }
+
+    fn write(path: &Path, bytes: &[u8]) -> Result<(), ClientError> {
+        let cache_error = |source| ClientError::Cache {
+            path: path.to_path_buf(),
+            source,
+        };
+        let dir = path.parent().expect("cache paths have a parent");
+        std::fs::create_dir_all(dir).map_err(cache_error)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(cache_error)?;
+        std::io::Write::write_all(&mut tmp, bytes).map_err(cache_error)?;
+        tmp.persist(path).map_err(|e| cache_error(e.error))?;
+        Ok(())
+    }
+
+    fn read(path: &Path) -> Result<Option<Vec<u8>>, ClientError> {
+        match std::fs::read(path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ClientError::Cache {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    pub(super) fn store(
+        dir: &Path,
+        reference: &Reference,
+        digest: &Digest,
+        bytes: &[u8],
+        signature: &ManifestSignature,
+    ) -> Result<(), ClientError> {
+        let path = manifest_path(dir, digest);
+        write(
+            &path.with_extension("sig"),
+            signature.to_string().as_bytes(),
+        )?;
+        write(&path, bytes)?;
+        if let Reference::Tag(tag) = reference {
+            write(&tag_path(dir, tag), digest.to_string().as_bytes())?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn load(
+        dir: &Path,
+        reference: &Reference,
+    ) -> Result<Option<(Digest, Vec<u8>, ManifestSignature)>, ClientError> {
+        let digest = match reference {
+            Reference::Digest(digest) => *digest,
+            Reference::Tag(tag) => {
+                let Some(bytes) = read(&tag_path(dir, tag))? else {
+                    return Ok(None);
+                };
+                match std::str::from_utf8(&bytes)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                {
+                    Some(digest) => digest,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let path = manifest_path(dir, &digest);
+        let (Some(bytes), Some(signature)) = (read(&path)?, read(&path.with_extension("sig"))?)
+        else {
+            return Ok(None);
+        };
+        let signature = String::from_utf8_lossy(&signature).parse()?;
+        Ok(Some((digest, bytes, signature)))
+    }
+}

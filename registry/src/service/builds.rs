@@ -1,0 +1,741 @@
+//! The build API: submissions, the bounded queue, build records and leases
+//! in the store, status, and live progress as Server-Sent Events.
+//!
+//! A build's id is its build key, so identical submissions share one build:
+//! in one process through the table of live builds, and across processes
+//! through a lease object created with `PutMode::Create` (on stores that
+//! honour conditional create; see `docs/deployment.md`). The holder renews
+//! its lease while it builds; a build whose lease has lapsed without a final
+//! record is reported failed, so a crashed process never leaves a build
+//! "running" forever.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt};
+use serde::{Deserialize, Serialize};
+use thaw_artifact::signing::TrustedKeys;
+use thaw_artifact::{Digest, Record, StoreError, TagRef, TargetProfile};
+use thaw_client::api::{BuildResponse, BuildState, BuildStatus, StepStatus};
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use super::{ApiError, Service, Shared};
+use crate::{BuildEvent, BuildRequest, build_key};
+
+/// How often a follower re-reads a build record another process writes.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A build this process is running or following.
+struct LiveBuild {
+    status: watch::Sender<BuildStatus>,
+    /// Tags to point at the result: every identical submission's.
+    tags: Mutex<Vec<TagRef>>,
+}
+
+struct Job {
+    wasm: Bytes,
+    request: BuildRequest,
+    live: Arc<LiveBuild>,
+}
+
+/// The live builds of this process and its queue.
+pub(super) struct Builds {
+    live: Mutex<HashMap<Digest, Arc<LiveBuild>>>,
+    queue: mpsc::Sender<Job>,
+    /// Names this process in leases.
+    instance: String,
+}
+
+pub(super) struct Jobs(mpsc::Receiver<Job>);
+
+impl Builds {
+    pub(super) fn new(capacity: usize) -> (Self, Jobs) {
+        let (queue, jobs) = mpsc::channel(capacity);
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).expect("the operating system has a random source");
+        let instance = format!("{}-{}", std::process::id(), hex::encode(nonce));
+        let builds = Self {
+            live: Mutex::default(),
+            queue,
+            instance,
+        };
+        (builds, Jobs(jobs))
+    }
+
+    fn get(&self, id: &Digest) -> Option<Arc<LiveBuild>> {
+        self.live.lock().unwrap().get(id).cloned()
+    }
+
+    fn remove(&self, id: &Digest) {
+        self.live.lock().unwrap().remove(id);
+    }
+}
+
+/// The lease object: who builds, and until when unless renewed.
+#[derive(Serialize, Deserialize)]
+struct Lease {
+    owner: String,
+    expires_at_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn status_url(id: &Digest) -> String {
+    format!("/v1/builds/{id}")
+}
+
+fn response(
+    status: StatusCode,
+    build: BuildStatus,
+    manifest: Option<thaw_artifact::Manifest>,
+) -> Response {
+    let body = BuildResponse {
+        status_url: status_url(&build.id),
+        events_url: format!("{}/events", status_url(&build.id)),
+        build,
+        manifest,
+    };
+    let location = body.status_url.clone();
+    (status, [(LOCATION, location)], axum::Json(body)).into_response()
+}
+
+/// What a submission asks for, from its query string.
+struct Submission {
+    tag: Option<TagRef>,
+    targets: Vec<&'static TargetProfile>,
+    init_env: Vec<(String, String)>,
+}
+
+impl Submission {
+    fn parse(query: Option<&str>, defaults: &[&'static TargetProfile]) -> Result<Self, ApiError> {
+        let (mut name, mut tag, mut targets, mut init_env) = (None, None, Vec::new(), Vec::new());
+        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*key {
+                "name" => name = Some(value.into_owned()),
+                "tag" => tag = Some(value.into_owned()),
+                "targets" => {
+                    for target in value.split(',').filter(|t| !t.is_empty()) {
+                        targets.push(
+                            TargetProfile::by_name(target)
+                                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+                        );
+                    }
+                }
+                "init_env" => {
+                    let (k, v) = value
+                        .split_once('=')
+                        .filter(|(k, _)| !k.is_empty())
+                        .ok_or_else(|| {
+                            ApiError::bad_request(format!("init_env {value:?} is not KEY=VALUE"))
+                        })?;
+                    init_env.push((k.to_string(), v.to_string()));
+                }
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown parameter {other:?} (expected name, tag, targets, init_env)"
+                    )));
+                }
+            }
+        }
+        let tag = match (name, tag) {
+            (Some(name), tag) => Some(
+                TagRef::new(&name, tag.as_deref().unwrap_or(thaw_artifact::DEFAULT_TAG))
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?,
+            ),
+            (None, Some(_)) => return Err(ApiError::bad_request("tag given without name")),
+            (None, None) => None,
+        };
+        if targets.is_empty() {
+            targets = defaults.to_vec();
+        }
+        targets.sort_by_key(|t| t.name);
+        targets.dedup();
+        Ok(Self {
+            tag,
+            targets,
+            init_env,
+        })
+    }
+}
+
+fn check_submission(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    defaults: &[&'static TargetProfile],
+) -> Result<Submission, ApiError> {
+    let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    if content_type != Some("application/wasm") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type must be application/wasm, not {content_type:?}"),
+        ));
+    }
+    Submission::parse(query, defaults)
+}
+
+/// Reads the module, refusing more than `max` bytes with 413.
+async fn read_module(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the module is larger than the {max}-byte limit"),
+        )
+    };
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    match axum::body::to_bytes(body, max).await {
+        Ok(bytes) if bytes.is_empty() => Err(ApiError::bad_request("the request body is empty")),
+        Ok(bytes) => Ok(bytes),
+        Err(e) => {
+            let limit = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if limit {
+                Err(too_large())
+            } else {
+                Err(ApiError::bad_request(format!("reading the module: {e}")))
+            }
+        }
+    }
+}
+
+/// Submit a module to build.
+#[utoipa::path(post, path = "/v1/builds", tag = "build",
+    params(
+        ("name" = Option<String>, Query, description = "Function name to tag the result with"),
+        ("tag" = Option<String>, Query, description = "Tag (default `latest`); needs `name`"),
+        ("targets" = Option<String>, Query, description = "Comma-separated target profiles (default `x86_64-unknown-linux-gnu,aarch64-unknown-linux-gnu`)"),
+        ("init_env" = Option<String>, Query, description = "`KEY=VALUE` visible to init; repeatable. Baked into the snapshot")),
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "A wasip1 core module (Go `GOOS=wasip1`)"),
+    responses(
+        (status = 200, description = "Already built (cache hit): the manifest is included", body = BuildResponse),
+        (status = 202, description = "Accepted; follow `status_url` or `events_url`", body = BuildResponse),
+        (status = 400, description = "Not a module thaw can build (the precise reason), or bad parameters", body = thaw_client::api::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = thaw_client::api::ErrorBody),
+        (status = 413, description = "Larger than the module size limit", body = thaw_client::api::ErrorBody),
+        (status = 415, description = "Content-Type is not application/wasm", body = thaw_client::api::ErrorBody),
+        (status = 503, description = "The build queue is full, or the store is down; see `Retry-After`", body = thaw_client::api::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn submit(
+    State(service): State<Service>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let shared = &service.0;
+    let checked = check_submission(&headers, query.as_deref(), &shared.default_targets);
+    let submission = match checked {
+        Ok(submission) => submission,
+        Err(e) => {
+            super::discard_body(body, shared.config.max_module_bytes).await;
+            return Err(e);
+        }
+    };
+    let wasm = read_module(&headers, body, shared.config.max_module_bytes).await?;
+
+    let inspected = {
+        let service = service.clone();
+        let wasm = wasm.clone();
+        tokio::task::spawn_blocking(move || service.0.builder.inspect(&wasm))
+            .await
+            .expect("inspecting does not panic")
+    };
+    if let Err(e) = inspected {
+        shared.metrics.build("rejected");
+        return Err(ApiError::bad_request(e.to_string()));
+    }
+
+    let mut snapshot = shared.config.snapshot.clone();
+    snapshot.env = submission.init_env;
+    let mut request = BuildRequest {
+        targets: submission.targets,
+        snapshot,
+        tag: None,
+        reuse_cached: true,
+    };
+    let id = build_key(&Digest::of(&wasm), &request);
+    let now = now_ms() / 1000;
+    let initial = BuildStatus {
+        id,
+        reference: submission.tag.as_ref().map(ToString::to_string),
+        targets: request.targets.iter().map(|t| t.name.to_string()).collect(),
+        state: BuildState::Queued,
+        steps: Vec::new(),
+        submitted_at: now,
+        updated_at: now,
+    };
+
+    // Join an identical build already live here, or claim the id.
+    let live = {
+        let mut live = shared.builds.live.lock().unwrap();
+        if let Some(existing) = live.get(&id) {
+            existing.tags.lock().unwrap().extend(submission.tag);
+            let status = existing.status.borrow().clone();
+            return Ok(response(StatusCode::ACCEPTED, status, None));
+        }
+        let claimed = Arc::new(LiveBuild {
+            status: watch::channel(initial.clone()).0,
+            tags: Mutex::new(submission.tag.into_iter().collect()),
+        });
+        live.insert(id, claimed.clone());
+        claimed
+    };
+    let release = |e: StoreError| {
+        shared.builds.remove(&id);
+        ApiError::from(e)
+    };
+
+    let store = shared.builder.store();
+    if let Some(manifest_digest) = store.cached_build(&id).await.map_err(release)? {
+        if signed_by_us(shared, &manifest_digest)
+            .await
+            .map_err(release)?
+        {
+            let tags = live.tags.lock().unwrap().clone();
+            let published = publish(shared, &manifest_digest, &tags, false).await;
+            shared.builds.remove(&id);
+            let manifest = published.map_err(ApiError::from)?;
+            shared.metrics.build("cache_hit");
+            let status = BuildStatus {
+                state: BuildState::Succeeded {
+                    manifest: manifest_digest,
+                    cache_hit: true,
+                },
+                ..initial
+            };
+            live.status.send_replace(status.clone());
+            return Ok(response(StatusCode::OK, status, Some(manifest)));
+        }
+        // Built by someone else into this store (`thaw build`, or a
+        // registry with another key): build it again rather than sign it.
+        request.reuse_cached = false;
+    }
+
+    if !acquire_lease(shared, &id).await.map_err(release)? {
+        // Another process builds it: follow its record, and tag the result.
+        let status = stored_status(shared, &id)
+            .await
+            .map_err(release)?
+            .unwrap_or(initial);
+        live.status.send_replace(status.clone());
+        tokio::spawn(follow_remote(service.clone(), id, live));
+        return Ok(response(StatusCode::ACCEPTED, status, None));
+    }
+
+    let job = Job {
+        wasm,
+        request,
+        live: live.clone(),
+    };
+    match shared.builds.queue.try_send(job) {
+        Ok(()) => {
+            shared.metrics.queue_depth.inc();
+            write_record(shared, &initial).await;
+            tracing::info!(build = %id, reference = ?initial.reference, "build queued");
+            Ok(response(StatusCode::ACCEPTED, initial, None))
+        }
+        Err(_) => {
+            shared.builds.remove(&id);
+            let _ = store.delete_record(Record::Lease, &id).await;
+            shared.metrics.build("rejected");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the build queue is full ({} waiting); retry later",
+                    shared.config.queue_capacity
+                ),
+            )
+            .retry_after(10))
+        }
+    }
+}
+
+impl ApiError {
+    fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+}
+
+/// Whether the stored signature of `manifest` is a valid one by this
+/// registry's key.
+async fn signed_by_us(shared: &Shared, manifest: &Digest) -> Result<bool, StoreError> {
+    let signature = shared.builder.store().get_signature(manifest).await?;
+    let ours = TrustedKeys::new(vec![shared.key.public()]);
+    Ok(ours.verify(manifest, signature.as_ref()).is_ok())
+}
+
+/// Points `tags` at a manifest, signing it first when this process built it
+/// (`sign`); otherwise it must already carry this registry's signature, so
+/// that a forged record or cache entry in the bucket never gets signed or
+/// tagged. Tags move only after the signature is stored, so a runner never
+/// resolves a tag to an unsigned manifest.
+async fn publish(
+    shared: &Shared,
+    manifest: &Digest,
+    tags: &[TagRef],
+    sign: bool,
+) -> Result<thaw_artifact::Manifest, StoreError> {
+    let store = shared.builder.store();
+    let loaded = store.get_manifest(manifest).await?;
+    if sign {
+        store
+            .put_signature(manifest, &shared.key.sign(manifest))
+            .await?;
+    } else if !signed_by_us(shared, manifest).await? {
+        return Err(StoreError::Corrupt {
+            what: format!("manifest {manifest}"),
+            reason: "it is not signed by this registry's key".into(),
+        });
+    }
+    for tag in tags {
+        store.set_tag(tag, manifest).await?;
+    }
+    Ok(loaded)
+}
+
+/// Takes the build's lease: `Ok(false)` if a live process holds it.
+async fn acquire_lease(shared: &Shared, id: &Digest) -> Result<bool, StoreError> {
+    let store = shared.builder.store();
+    let lease = lease_bytes(shared);
+    if store
+        .create_record(Record::Lease, id, lease.clone())
+        .await?
+    {
+        return Ok(true);
+    }
+    if lease_is_live(shared, id).await? {
+        return Ok(false);
+    }
+    // The holder died: clear its lease and race for a new one.
+    store.delete_record(Record::Lease, id).await?;
+    store.create_record(Record::Lease, id, lease).await
+}
+
+fn lease_bytes(shared: &Shared) -> Bytes {
+    let lease = Lease {
+        owner: shared.builds.instance.clone(),
+        expires_at_ms: now_ms() + shared.config.lease_ttl.as_millis() as u64,
+    };
+    serde_json::to_vec(&lease).expect("leases serialize").into()
+}
+
+async fn lease_is_live(shared: &Shared, id: &Digest) -> Result<bool, StoreError> {
+    let bytes = shared.builder.store().get_record(Record::Lease, id).await?;
+    Ok(bytes
+        .and_then(|b| serde_json::from_slice::<Lease>(&b).ok())
+        .is_some_and(|lease| lease.expires_at_ms > now_ms()))
+}
+
+/// Writes the build record. A failure is logged, not fatal: the record is
+/// for status readers, and the build itself reports store failures.
+async fn write_record(shared: &Shared, status: &BuildStatus) {
+    let bytes = serde_json::to_vec(status).expect("statuses serialize");
+    if let Err(e) = shared
+        .builder
+        .store()
+        .put_record(Record::Build, &status.id, bytes.into())
+        .await
+    {
+        tracing::warn!(build = %status.id, error = %e, "could not write the build record");
+    }
+}
+
+/// A build's status from its record in the store. A record that is not
+/// final while no live lease backs it belongs to a process that died.
+async fn stored_status(shared: &Shared, id: &Digest) -> Result<Option<BuildStatus>, StoreError> {
+    let Some(bytes) = shared.builder.store().get_record(Record::Build, id).await? else {
+        return Ok(None);
+    };
+    let mut status: BuildStatus =
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            what: format!("build record {id}"),
+            reason: e.to_string(),
+        })?;
+    if !status.state.is_terminal() && !lease_is_live(shared, id).await? {
+        status.state = BuildState::Failed {
+            error: "abandoned: the registry process running this build stopped before it \
+                    finished; submit the module again to rebuild"
+                .into(),
+        };
+    }
+    Ok(Some(status))
+}
+
+/// Follows a build another process holds, then points this submission's
+/// tags at its result.
+async fn follow_remote(service: Service, id: Digest, live: Arc<LiveBuild>) {
+    let shared = &service.0;
+    loop {
+        tokio::time::sleep(POLL_INTERVAL).await;
+        let status = match stored_status(shared, &id).await {
+            Ok(Some(status)) => status,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(build = %id, error = %e, "following a remote build");
+                continue;
+            }
+        };
+        let terminal = status.state.clone();
+        live.status.send_if_modified(|current| {
+            let changed = *current != status;
+            *current = status;
+            changed
+        });
+        match terminal {
+            BuildState::Succeeded { manifest, .. } => {
+                let tags = live.tags.lock().unwrap().clone();
+                if let Err(e) = publish(shared, &manifest, &tags, false).await {
+                    tracing::warn!(build = %id, error = %e, "tagging a remote build's result");
+                }
+                break;
+            }
+            BuildState::Failed { .. } => break,
+            _ => {}
+        }
+    }
+    shared.builds.remove(&id);
+}
+
+pub(super) fn spawn_workers(service: &Service, jobs: Jobs) {
+    let jobs = Arc::new(tokio::sync::Mutex::new(jobs.0));
+    for _ in 0..service.0.config.workers {
+        let service = service.clone();
+        let jobs = jobs.clone();
+        tokio::spawn(async move {
+            loop {
+                let Some(job) = jobs.lock().await.recv().await else {
+                    return;
+                };
+                service.0.metrics.queue_depth.dec();
+                let id = job.live.status.borrow().id;
+                run_job(&service, job)
+                    .instrument(tracing::info_span!("build", id = %id.short()))
+                    .await;
+            }
+        });
+    }
+}
+
+async fn run_job(service: &Service, job: Job) {
+    let shared = &service.0;
+    let live = job.live;
+    let id = live.status.borrow().id;
+    let update = |change: &dyn Fn(&mut BuildStatus)| {
+        live.status.send_modify(|status| {
+            change(status);
+            status.updated_at = now_ms() / 1000;
+        });
+        live.status.borrow().clone()
+    };
+    write_record(shared, &update(&|s| s.state = BuildState::Running)).await;
+    tracing::info!("build started");
+
+    let renewal = {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let shared = &service.0;
+            loop {
+                tokio::time::sleep(shared.config.lease_ttl / 3).await;
+                let lease = lease_bytes(shared);
+                if let Err(e) = shared
+                    .builder
+                    .store()
+                    .put_record(Record::Lease, &id, lease)
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not renew the build lease");
+                }
+            }
+        })
+    };
+
+    let (events, mut received) = mpsc::unbounded_channel();
+    let build = shared.builder.build(job.wasm, &job.request, move |event| {
+        let _ = events.send(event);
+    });
+    tokio::pin!(build);
+    let apply = |event: BuildEvent| match event {
+        BuildEvent::Started(step) => update(&|s| {
+            s.steps.push(StepStatus {
+                step: step.to_string(),
+                millis: None,
+            })
+        }),
+        BuildEvent::Finished(step, elapsed) => {
+            let name = step.to_string();
+            shared
+                .metrics
+                .step_seconds
+                .get_or_create(&super::metrics::StepLabels {
+                    step: step_kind(&name),
+                })
+                .observe(elapsed.as_secs_f64());
+            update(&|s| {
+                if let Some(entry) = s.steps.iter_mut().rev().find(|e| e.step == name) {
+                    entry.millis = Some(elapsed.as_millis() as u64);
+                }
+            })
+        }
+        BuildEvent::CacheHit(_) => live.status.borrow().clone(),
+    };
+    let result = loop {
+        tokio::select! {
+            result = &mut build => break result,
+            Some(event) = received.recv() => {
+                let status = apply(event);
+                write_record(shared, &status).await;
+            }
+        }
+    };
+    while let Ok(event) = received.try_recv() {
+        apply(event);
+    }
+
+    let state = match result {
+        Ok(outcome) => {
+            let tags = live.tags.lock().unwrap().clone();
+            match publish(shared, &outcome.manifest_digest, &tags, !outcome.cache_hit).await {
+                Ok(_) => BuildState::Succeeded {
+                    manifest: outcome.manifest_digest,
+                    cache_hit: outcome.cache_hit,
+                },
+                Err(e) => BuildState::Failed {
+                    error: format!("publishing the build: {e}"),
+                },
+            }
+        }
+        Err(e) => BuildState::Failed {
+            error: e.to_string(),
+        },
+    };
+    renewal.abort();
+    match &state {
+        BuildState::Succeeded { manifest, .. } => {
+            shared.metrics.build("succeeded");
+            tracing::info!(%manifest, "build succeeded");
+        }
+        BuildState::Failed { error } => {
+            shared.metrics.build("failed");
+            tracing::warn!(%error, "build failed");
+        }
+        _ => {}
+    }
+    let last = update(&|s| s.state = state.clone());
+    write_record(shared, &last).await;
+    if let Err(e) = shared
+        .builder
+        .store()
+        .delete_record(Record::Lease, &id)
+        .await
+    {
+        tracing::warn!(error = %e, "could not release the build lease");
+    }
+    shared.builds.remove(&id);
+}
+
+/// The metric label of a step: `compile` without its target, so label
+/// cardinality stays fixed.
+fn step_kind(step: &str) -> String {
+    step.split_whitespace().next().unwrap_or(step).to_string()
+}
+
+/// A build's status.
+#[utoipa::path(get, path = "/v1/builds/{id}", tag = "build",
+    params(("id" = String, Path, description = "The build id (`sha256:<hex>`)")),
+    responses(
+        (status = 200, description = "The build's status", body = BuildStatus),
+        (status = 404, description = "No such build", body = thaw_client::api::ErrorBody)))]
+pub async fn status(
+    State(service): State<Service>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let status = current_status(&service.0, &id).await?;
+    Ok(axum::Json(status).into_response())
+}
+
+fn parse_id(text: &str) -> Result<Digest, ApiError> {
+    text.parse()
+        .map_err(|e| ApiError::bad_request(format!("{text:?} is not a build id: {e}")))
+}
+
+async fn current_status(shared: &Shared, id: &Digest) -> Result<BuildStatus, ApiError> {
+    if let Some(live) = shared.builds.get(id) {
+        return Ok(live.status.borrow().clone());
+    }
+    stored_status(shared, id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("build {id} not found")))
+}
+
+/// A build's progress, live.
+#[utoipa::path(get, path = "/v1/builds/{id}/events", tag = "build",
+    params(("id" = String, Path, description = "The build id")),
+    responses(
+        (status = 200, description = "Server-Sent Events: a `status` event (a BuildStatus as JSON) now and at every change, ending after the final one", content_type = "text/event-stream"),
+        (status = 404, description = "No such build", body = thaw_client::api::ErrorBody)))]
+pub async fn events(
+    State(service): State<Service>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let statuses: BoxStream<'static, BuildStatus> = match service.0.builds.get(&id) {
+        Some(live) => tokio_stream::wrappers::WatchStream::new(live.status.subscribe()).boxed(),
+        None => {
+            let first = current_status(&service.0, &id).await?;
+            let service = service.clone();
+            stream::unfold(Some(first), move |last| {
+                let service = service.clone();
+                async move {
+                    let last = last?;
+                    if last.state.is_terminal() {
+                        return Some((last, None));
+                    }
+                    tokio::time::sleep(POLL_INTERVAL).await;
+                    let next = current_status(&service.0, &id).await.ok()?;
+                    Some((last, Some(next)))
+                }
+            })
+            .boxed()
+        }
+    };
+    let until_final = statuses
+        .scan(false, |ended, status| {
+            let emit = (!*ended).then(|| {
+                *ended = status.state.is_terminal();
+                status
+            });
+            futures::future::ready(emit)
+        })
+        .map(|status| {
+            Ok::<_, Infallible>(
+                Event::default()
+                    .event("status")
+                    .json_data(&status)
+                    .expect("statuses serialize"),
+            )
+        })
+        .boxed();
+    Ok(Sse::new(until_final)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}

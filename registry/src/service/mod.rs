@@ -1,0 +1,319 @@
+//! The registry as an HTTP service: the build API, the read API, and the
+//! OpenAPI document describing both (`docs/api.md` is rendered from it).
+//!
+//! A registry process holds no state of its own: builds, their records,
+//! their leases, signatures and tags all live in the [`ArtifactStore`], so
+//! any number of processes can share one bucket behind a load balancer.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use thaw_artifact::ArtifactStore;
+//! use thaw_artifact::signing::RegistryKey;
+//! use thaw_registry::service::{Service, ServiceConfig, Tokens};
+//! use thaw_registry::{Builder, thaw_compiler::Compiler};
+//!
+//! let store = ArtifactStore::open("/var/lib/thaw")?;
+//! let builder = Builder::new(store, Compiler::new())?;
+//! let config = ServiceConfig::new(Tokens::parse("secret-token"));
+//! let service = Service::start(builder, RegistryKey::generate(), config)?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7070").await?;
+//! axum::serve(listener, service.router()).await?;
+//! # Ok(()) }
+//! ```
+
+mod auth;
+mod builds;
+mod metrics;
+pub mod openapi;
+mod read;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use thaw_artifact::signing::RegistryKey;
+use thaw_artifact::{StoreError, TargetProfile};
+use thaw_client::api::ErrorBody;
+use thaw_snapshotter::SnapshotOptions;
+
+pub use auth::Tokens;
+
+use crate::Builder;
+
+/// Default [`ServiceConfig::max_module_bytes`]: 128 MiB, well above the
+/// largest Go modules seen (12 MB for `examples/init-heavy`).
+pub const DEFAULT_MAX_MODULE_BYTES: usize = 128 << 20;
+/// Default [`ServiceConfig::queue_capacity`].
+pub const DEFAULT_QUEUE_CAPACITY: usize = 8;
+/// Default [`ServiceConfig::workers`]: one, because a build already
+/// compiles its targets in parallel on every core.
+pub const DEFAULT_WORKERS: usize = 1;
+/// Default [`ServiceConfig::lease_ttl`].
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+/// The targets built when a submission names none.
+pub const DEFAULT_TARGETS: [&str; 2] = ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"];
+
+/// The registry's tunables.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// Tokens that may push.
+    pub tokens: Tokens,
+    /// Whether reads need a token too.
+    pub pull_requires_token: bool,
+    /// Largest module accepted; larger gets 413.
+    pub max_module_bytes: usize,
+    /// Builds that may wait for a worker; more get 503 with `Retry-After`.
+    pub queue_capacity: usize,
+    /// Builds run at once by this process.
+    pub workers: usize,
+    /// How long a build's lease lasts without renewal. A build whose lease
+    /// lapses is reported failed (its process died) and may be resubmitted.
+    pub lease_ttl: Duration,
+    /// Init limits for every build.
+    pub snapshot: SnapshotOptions,
+}
+
+impl ServiceConfig {
+    /// The defaults, with `tokens` allowed to push.
+    pub fn new(tokens: Tokens) -> Self {
+        Self {
+            tokens,
+            pull_requires_token: false,
+            max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            workers: DEFAULT_WORKERS,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            snapshot: SnapshotOptions::default(),
+        }
+    }
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// No token can push.
+    #[error("no push token configured")]
+    NoTokens,
+    /// A setting is out of range.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Shared by every handler.
+struct Shared {
+    builder: Builder,
+    key: RegistryKey,
+    config: ServiceConfig,
+    builds: builds::Builds,
+    metrics: metrics::Metrics,
+    default_targets: Vec<&'static TargetProfile>,
+}
+
+/// A running registry service. Cheap to clone.
+#[derive(Clone)]
+pub struct Service(Arc<Shared>);
+
+impl Service {
+    /// Starts the build workers. Must be called inside a Tokio runtime.
+    pub fn start(
+        builder: Builder,
+        key: RegistryKey,
+        config: ServiceConfig,
+    ) -> Result<Self, ServiceError> {
+        if config.tokens.is_empty() {
+            return Err(ServiceError::NoTokens);
+        }
+        if config.workers == 0 || config.queue_capacity == 0 {
+            return Err(ServiceError::Config(
+                "workers and queue capacity must be at least 1".into(),
+            ));
+        }
+        let default_targets = DEFAULT_TARGETS
+            .iter()
+            .map(|name| TargetProfile::by_name(name).expect("default targets exist"))
+            .collect();
+        let (builds, jobs) = builds::Builds::new(config.queue_capacity);
+        let service = Self(Arc::new(Shared {
+            builder,
+            key,
+            config,
+            builds,
+            metrics: metrics::Metrics::default(),
+            default_targets,
+        }));
+        builds::spawn_workers(&service, jobs);
+        Ok(service)
+    }
+
+    /// The HTTP routes.
+    pub fn router(&self) -> axum::Router {
+        let reads = axum::Router::new()
+            .route("/v1/tags", get(read::list_tags))
+            .route("/v1/tags/{*reference}", get(read::get_tag))
+            .route("/v1/manifests/{digest}", get(read::get_manifest))
+            .route(
+                "/v1/blobs/{digest}",
+                get(read::get_blob).head(read::head_blob),
+            )
+            .route("/v1/builds/{id}", get(builds::status))
+            .route("/v1/builds/{id}/events", get(builds::events))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                require_pull_token,
+            ));
+        let pushes = axum::Router::new()
+            .route("/v1/builds", post(builds::submit))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                require_push_token,
+            ));
+        axum::Router::new()
+            .merge(reads)
+            .merge(pushes)
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/metrics", get(metrics_text))
+            .route("/openapi.json", get(openapi::serve))
+            .layer(axum::middleware::from_fn(access_log))
+            .with_state(self.clone())
+    }
+}
+
+async fn metrics_text(State(service): State<Service>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        service.0.metrics.encode(),
+    )
+}
+
+async fn require_push_token(
+    State(service): State<Service>,
+    request: Request,
+    next: Next,
+) -> Response {
+    authorize(&service, request, next).await
+}
+
+async fn require_pull_token(
+    State(service): State<Service>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !service.0.config.pull_requires_token {
+        return next.run(request).await;
+    }
+    authorize(&service, request, next).await
+}
+
+async fn authorize(service: &Service, request: Request, next: Next) -> Response {
+    let message = match auth::check(request.headers(), &service.0.config.tokens) {
+        auth::Credentials::Valid => return next.run(request).await,
+        auth::Credentials::Missing => "a bearer token is required (Authorization: Bearer <token>)",
+        auth::Credentials::Invalid => "the bearer token is not valid",
+    };
+    discard_body(request.into_body(), service.0.config.max_module_bytes).await;
+    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// How long a refused upload is read and thrown away before the answer.
+const DISCARD_TIME: Duration = Duration::from_secs(10);
+
+/// Reads and drops a request body that is being refused (at most `max`
+/// bytes, for at most ten seconds), so that a client still sending it gets
+/// the answer instead of a reset connection. A body declared larger than
+/// `max` is not read at all.
+async fn discard_body(body: axum::body::Body, max: usize) {
+    use http_body_util::BodyExt;
+    let mut body = http_body_util::Limited::new(body, max);
+    let _ = tokio::time::timeout(DISCARD_TIME, async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
+}
+
+/// One line per request: method, path without query, status, duration.
+/// Headers are never logged, so tokens cannot leak into logs.
+async fn access_log(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    tracing::info!(
+        target: "thaw::access",
+        %method, %path, status = response.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+    );
+    response
+}
+
+/// An error answer: a status and a JSON [`ErrorBody`].
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn unavailable(message: impl Into<String>, retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, e.to_string()),
+            StoreError::Backend(_) => Self::unavailable(format!("the store failed: {e}"), 5),
+            _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(status = self.status.as_u16(), error = %self.message, "request failed");
+        }
+        let mut response = (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}

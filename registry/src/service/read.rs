@@ -1,0 +1,223 @@
+//! The read API: tags, manifests (with their signatures) and blobs (with
+//! `ETag`, immutable caching and `Range`, so an interrupted pull resumes).
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::header::{
+    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_RANGE,
+    RANGE,
+};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use thaw_artifact::{Digest, TagRef};
+use thaw_client::api::{SIGNATURE_HEADER, TagEntry};
+
+use super::{ApiError, Service};
+
+/// Content-addressed answers never change.
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+
+fn parse_digest(text: &str) -> Result<Digest, ApiError> {
+    text.parse()
+        .map_err(|e| ApiError::bad_request(format!("{text:?} is not a digest: {e}")))
+}
+
+fn etag(digest: &Digest) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{digest}\"")).expect("digests are header-safe")
+}
+
+/// Every tag and the manifest it points at.
+#[utoipa::path(get, path = "/v1/tags", tag = "read",
+    responses((status = 200, description = "Every tag, sorted", body = [TagEntry])))]
+pub async fn list_tags(State(service): State<Service>) -> Result<Response, ApiError> {
+    let tags = service.0.builder.store().list_tags().await?;
+    let entries: Vec<TagEntry> = tags
+        .into_iter()
+        .map(|(tag, manifest)| TagEntry {
+            reference: tag.to_string(),
+            manifest,
+        })
+        .collect();
+    Ok(axum::Json(entries).into_response())
+}
+
+/// The manifest a tag points at.
+#[utoipa::path(get, path = "/v1/tags/{reference}", tag = "read",
+    params(("reference" = String, Path, description = "`name:tag`, e.g. `hello:v1` or `team/api:prod`")),
+    responses(
+        (status = 200, description = "The tag", body = TagEntry),
+        (status = 400, description = "Not a `name:tag` reference", body = thaw_client::api::ErrorBody),
+        (status = 404, description = "No such tag (the message names it)", body = thaw_client::api::ErrorBody)))]
+pub async fn get_tag(
+    State(service): State<Service>,
+    Path(reference): Path<String>,
+) -> Result<Response, ApiError> {
+    let tag: TagRef = reference
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("{e}")))?;
+    let manifest = service.0.builder.store().get_tag(&tag).await?;
+    Ok(axum::Json(TagEntry {
+        reference: tag.to_string(),
+        manifest,
+    })
+    .into_response())
+}
+
+/// A manifest by digest, with the registry's signature in the
+/// `thaw-signature` header.
+#[utoipa::path(get, path = "/v1/manifests/{digest}", tag = "read",
+    params(("digest" = String, Path, description = "`sha256:<hex>`")),
+    responses(
+        (status = 200, description = "The manifest's exact bytes (JSON). Header `thaw-signature`: `ed25519:<key hex>:<signature hex>`; `ETag`: the digest", content_type = "application/json"),
+        (status = 404, description = "No such manifest", body = thaw_client::api::ErrorBody)))]
+pub async fn get_manifest(
+    State(service): State<Service>,
+    Path(digest): Path<String>,
+) -> Result<Response, ApiError> {
+    let digest = parse_digest(&digest)?;
+    let store = service.0.builder.store();
+    let bytes = store.get_manifest_bytes(&digest).await?;
+    let signature = store.get_signature(&digest).await?;
+    service.0.metrics.served("manifest", bytes.len() as u64);
+    let mut response = (
+        [
+            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE)),
+            (ETAG, etag(&digest)),
+        ],
+        bytes,
+    )
+        .into_response();
+    if let Some(signature) = signature {
+        let value = HeaderValue::from_str(&signature.to_string()).expect("signatures are hex");
+        response.headers_mut().insert(SIGNATURE_HEADER, value);
+    }
+    Ok(response)
+}
+
+/// The byte range a `Range` header asks for: a single `bytes=N-` or
+/// `bytes=N-M`. Anything else is served whole, as RFC 9110 allows.
+fn requested_range(headers: &HeaderMap, digest: &Digest) -> Option<(u64, Option<u64>)> {
+    if let Some(if_range) = headers.get(IF_RANGE)
+        && if_range != etag(digest)
+    {
+        return None;
+    }
+    let spec = headers.get(RANGE)?.to_str().ok()?.strip_prefix("bytes=")?;
+    let (start, end) = spec.split_once('-')?;
+    let start = start.trim().parse().ok()?;
+    let end = match end.trim() {
+        "" => None,
+        end => Some(end.parse::<u64>().ok()?),
+    };
+    Some((start, end))
+}
+
+/// A blob's stored (zstd) bytes. Clients decode them and check the digest
+/// against a signed manifest; the registry does not vouch for them.
+#[utoipa::path(get, path = "/v1/blobs/{digest}", tag = "read",
+    params(
+        ("digest" = String, Path, description = "`sha256:<hex>` of the decoded bytes"),
+        ("Range" = Option<String>, Header, description = "`bytes=N-` or `bytes=N-M`, to resume a download"),
+        ("If-Range" = Option<String>, Header, description = "The blob's ETag; the range is ignored if it differs")),
+    responses(
+        (status = 200, description = "The whole blob, zstd-compressed. `ETag`: the digest; cached as immutable", content_type = "application/zstd"),
+        (status = 206, description = "The requested range, with `Content-Range`", content_type = "application/zstd"),
+        (status = 404, description = "No such blob", body = thaw_client::api::ErrorBody),
+        (status = 416, description = "The range starts past the end", body = thaw_client::api::ErrorBody)))]
+pub async fn get_blob(
+    State(service): State<Service>,
+    Path(digest): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let digest = parse_digest(&digest)?;
+    let store = service.0.builder.store();
+    let range = match requested_range(&headers, &digest) {
+        Some((start, end)) => {
+            let size = store
+                .stored_blob_size(&digest)
+                .await?
+                .ok_or_else(|| thaw_artifact::StoreError::NotFound(format!("blob {digest}")))?;
+            let end = end.map_or(size, |end| end.saturating_add(1).min(size));
+            if start >= end {
+                let mut response = ApiError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    format!("blob {digest} has {size} bytes; the range starts at {start}"),
+                )
+                .into_response();
+                response.headers_mut().insert(
+                    CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes */{size}")).expect("ascii"),
+                );
+                return Ok(response);
+            }
+            Some(start..end)
+        }
+        None => None,
+    };
+    let partial = range.is_some();
+    let blob = store.stored_blob(&digest, range).await?;
+    let metrics = service.clone();
+    let body = blob.bytes.map(move |chunk| {
+        if let Ok(bytes) = &chunk {
+            metrics.0.metrics.served("blob", bytes.len() as u64);
+        }
+        chunk
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    let out = response.headers_mut();
+    out.insert(CONTENT_TYPE, HeaderValue::from_static("application/zstd"));
+    out.insert(CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
+    out.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    out.insert(ETAG, etag(&digest));
+    out.insert(
+        CONTENT_LENGTH,
+        HeaderValue::from(blob.range.end - blob.range.start),
+    );
+    if partial {
+        out.insert(
+            CONTENT_RANGE,
+            HeaderValue::from_str(&format!(
+                "bytes {}-{}/{}",
+                blob.range.start,
+                blob.range.end - 1,
+                blob.size
+            ))
+            .expect("ascii"),
+        );
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
+    Ok(response)
+}
+
+/// A blob's size and ETag, without its bytes.
+#[utoipa::path(head, path = "/v1/blobs/{digest}", tag = "read",
+    params(("digest" = String, Path, description = "`sha256:<hex>`")),
+    responses(
+        (status = 200, description = "Present; `Content-Length` is the stored size"),
+        (status = 404, description = "No such blob")))]
+pub async fn head_blob(
+    State(service): State<Service>,
+    Path(digest): Path<String>,
+) -> Result<Response, ApiError> {
+    let digest = parse_digest(&digest)?;
+    let size = service
+        .0
+        .builder
+        .store()
+        .stored_blob_size(&digest)
+        .await?
+        .ok_or_else(|| thaw_artifact::StoreError::NotFound(format!("blob {digest}")))?;
+    Ok((
+        [
+            (CONTENT_TYPE, HeaderValue::from_static("application/zstd")),
+            (CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE)),
+            (ACCEPT_RANGES, HeaderValue::from_static("bytes")),
+            (ETAG, etag(&digest)),
+            (CONTENT_LENGTH, HeaderValue::from(size)),
+        ],
+        Body::empty(),
+    )
+        .into_response())
+}

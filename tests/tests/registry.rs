@@ -1,0 +1,677 @@
+//! The registry service over real loopback HTTP: push → build → pull → run,
+//! signatures, tokens, bad input, deduplication across processes, the
+//! bounded queue, interrupted downloads and registry outages.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use thaw_artifact::signing::{RegistryKey, TrustedKeys};
+use thaw_artifact::{ArtifactStore, Reference, TargetProfile};
+use thaw_client::api::{BuildResponse, BuildState, BuildStatus};
+use thaw_client::{ClientError, PushRequest, RegistryClient};
+use thaw_gobuild::BuildMode;
+use thaw_registry::Builder;
+use thaw_registry::service::{Service, ServiceConfig, Tokens};
+use thaw_registry::thaw_compiler::Compiler;
+use thaw_runner::{RunError, Runner, RunnerConfig};
+use thaw_tests::{Response, build_go, request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+const TOKEN: &str = "test-push-token";
+
+struct Registry {
+    base: String,
+    key: thaw_artifact::signing::PublicKey,
+    store: ArtifactStore,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Registry {
+    async fn start(store: ArtifactStore, configure: impl FnOnce(&mut ServiceConfig)) -> Registry {
+        Self::start_with_key(store, RegistryKey::generate(), configure).await
+    }
+
+    async fn start_with_key(
+        store: ArtifactStore,
+        key: RegistryKey,
+        configure: impl FnOnce(&mut ServiceConfig),
+    ) -> Registry {
+        let builder = Builder::new(store.clone(), Compiler::new()).unwrap();
+        let public = key.public();
+        let mut config = ServiceConfig::new(Tokens::parse(TOKEN));
+        configure(&mut config);
+        let service = Service::start(builder, key, config).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address: SocketAddr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            axum::serve(listener, service.router())
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Registry {
+            base: format!("http://{address}"),
+            key: public,
+            store,
+            stop: Some(stop),
+        }
+    }
+
+    fn client(&self) -> RegistryClient {
+        RegistryClient::new(&self.base, TrustedKeys::new(vec![self.key]))
+            .unwrap()
+            .with_token(Some(TOKEN.into()))
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        reqwest::get(format!("{}{path}", self.base)).await.unwrap()
+    }
+
+    async fn metrics(&self) -> String {
+        self.get("/metrics").await.text().await.unwrap()
+    }
+
+    fn stop(&mut self) {
+        self.stop.take();
+    }
+}
+
+fn host_only(reference: &str) -> PushRequest {
+    PushRequest {
+        reference: Some(reference.parse().unwrap()),
+        targets: vec![TargetProfile::host().unwrap().name.to_string()],
+        init_env: Vec::new(),
+    }
+}
+
+fn hello() -> Bytes {
+    build_go("examples/hello", BuildMode::Auto).into()
+}
+
+async fn post_module(
+    base: &str,
+    query: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: Bytes,
+) -> reqwest::Response {
+    let mut post = reqwest::Client::new()
+        .post(format!("{base}/v1/builds?{query}"))
+        .header("content-type", content_type)
+        .body(body);
+    if let Some(token) = token {
+        post = post.bearer_auth(token);
+    }
+    post.send().await.unwrap()
+}
+
+async fn error_of(response: reqwest::Response) -> String {
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["error"].as_str().unwrap().to_string()
+}
+
+fn runner(cache: &std::path::Path) -> Runner {
+    Runner::new(RunnerConfig::new(cache)).unwrap()
+}
+
+async fn get_root(function: &thaw_runner::Function) -> Response {
+    let output = function.call(request("GET", "/", b""), &[]).await.unwrap();
+    Response::parse(&output.stdout)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_pull_and_run_with_signed_manifests_and_a_cache_hit() {
+    let registry = Registry::start(ArtifactStore::open("memory://").unwrap(), |_| {}).await;
+    let client = registry.client();
+
+    let seen = Arc::new(Mutex::new(Vec::<BuildStatus>::new()));
+    let record = seen.clone();
+    let status = client
+        .push(hello(), &host_only("hello:v1"), move |s| {
+            record.lock().unwrap().push(s.clone())
+        })
+        .await
+        .unwrap();
+    let BuildState::Succeeded {
+        manifest,
+        cache_hit,
+    } = status.state
+    else {
+        panic!("{status:?}");
+    };
+    assert!(!cache_hit);
+    let steps: Vec<String> = status.steps.iter().map(|s| s.step.clone()).collect();
+    assert_eq!(
+        steps[..2],
+        ["inspect".to_string(), "snapshot".to_string()],
+        "{steps:?}"
+    );
+    assert!(status.steps.iter().all(|s| s.millis.is_some()), "{steps:?}");
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|s| s.state == BuildState::Running),
+        "live progress reported the running build: {seen:?}"
+    );
+
+    // The same module again: answered at once, with the manifest.
+    let again = post_module(
+        &registry.base,
+        &format!(
+            "name=hello&tag=v2&targets={}",
+            TargetProfile::host().unwrap().name
+        ),
+        Some(TOKEN),
+        "application/wasm",
+        hello(),
+    )
+    .await;
+    assert_eq!(again.status(), 200);
+    let again: BuildResponse = again.json().await.unwrap();
+    assert!(matches!(
+        again.build.state,
+        BuildState::Succeeded {
+            cache_hit: true,
+            ..
+        }
+    ));
+    assert!(again.manifest.is_some());
+    assert_eq!(
+        client.tag(&"hello:v2".parse().unwrap()).await.unwrap(),
+        manifest
+    );
+
+    // Pull and run through the runner, verifying the signature.
+    let cache = tempfile::tempdir().unwrap();
+    let hello_v1: Reference = "hello:v1".parse().unwrap();
+    let function = runner(cache.path()).load(&client, &hello_v1).await.unwrap();
+    assert_eq!(*function.manifest_digest(), manifest);
+    let response = get_root(&function).await;
+    assert_eq!(response.status, 200);
+    assert!(response.text().contains("hello"), "{}", response.text());
+
+    // Another registry's key is not trusted.
+    let stranger = RegistryClient::new(
+        &registry.base,
+        TrustedKeys::new(vec![RegistryKey::generate().public()]),
+    )
+    .unwrap();
+    let refused = runner(tempfile::tempdir().unwrap().path())
+        .load(&stranger, &hello_v1)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        refused.to_string().contains("not a trusted key"),
+        "{refused}"
+    );
+
+    // A build written straight to the store, not by the registry, is
+    // unsigned and refused.
+    let builder = Builder::new(registry.store.clone(), Compiler::new()).unwrap();
+    let mut unsigned = thaw_registry::BuildRequest::new(vec![TargetProfile::host().unwrap()]);
+    unsigned.tag = Some("sneaky:v1".parse().unwrap());
+    builder
+        .build(
+            build_go("tests/fixtures/go/command", BuildMode::Auto).into(),
+            &unsigned,
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let refused = client
+        .resolve(&"sneaky:v1".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("is not signed"), "{refused}");
+    // Pushing that module makes the registry build it itself rather than
+    // sign the build it found in the store.
+    let command = build_go("tests/fixtures/go/command", BuildMode::Auto);
+    let rebuilt = client
+        .push(command.into(), &host_only("mine:v1"), |_| {})
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            rebuilt.state,
+            BuildState::Succeeded {
+                cache_hit: false,
+                ..
+            }
+        ),
+        "{rebuilt:?}"
+    );
+    client.resolve(&"mine:v1".parse().unwrap()).await.unwrap();
+
+    let metrics = registry.metrics().await;
+    for line in [
+        "thaw_registry_builds_total{outcome=\"succeeded\"} 2",
+        "thaw_registry_builds_total{outcome=\"cache_hit\"} 1",
+        "thaw_registry_build_step_duration_seconds_count{step=\"snapshot\"} 1",
+        "thaw_registry_build_queue_depth 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    assert!(metrics.contains("thaw_registry_served_bytes_total{kind=\"blob\"}"));
+
+    // HEAD answers for manifests and blobs, with the digest as ETag and
+    // immutable caching.
+    let http = reqwest::Client::new();
+    let manifest_url = format!("{}/v1/manifests/{manifest}", registry.base);
+    let head = http.head(&manifest_url).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["etag"], format!("\"{manifest}\"").as_str());
+    assert!(head.headers().contains_key("thaw-signature"));
+    let blob = &function.manifest().artifacts[0].blob;
+    let blob_url = format!("{}/v1/blobs/{}", registry.base, blob.digest);
+    let head = http.head(&blob_url).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(
+        head.headers()["content-length"],
+        blob.compressed_size.to_string().as_str()
+    );
+    assert!(
+        head.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("immutable")
+    );
+    let tail = http
+        .get(&blob_url)
+        .header("range", format!("bytes={}-", blob.compressed_size - 10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tail.status(), 206);
+    assert_eq!(tail.bytes().await.unwrap().len(), 10);
+    let past_end = http
+        .get(&blob_url)
+        .header("range", format!("bytes={}-", blob.compressed_size))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(past_end.status(), 416);
+
+    let openapi: serde_json::Value = registry.get("/openapi.json").await.json().await.unwrap();
+    assert!(openapi["paths"]["/v1/builds"]["post"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_specific_errors_and_the_registry_keeps_serving() {
+    let registry = Registry::start(ArtifactStore::open("memory://").unwrap(), |_| {}).await;
+    let base = &registry.base;
+    let wasm = "application/wasm";
+    let garbage = Bytes::from_static(b"\0asm but not really a module");
+
+    let missing = post_module(base, "", None, wasm, garbage.clone()).await;
+    assert_eq!(missing.status(), 401);
+    assert_eq!(missing.headers()["www-authenticate"], "Bearer");
+    // A whole module sent with a wrong token gets its 401, not a reset
+    // connection (regression: the registry answered before reading it).
+    let wrong = post_module(base, "", Some("guess"), wasm, hello()).await;
+    assert_eq!(wrong.status(), 401);
+    assert!(!error_of(wrong).await.contains("guess"));
+
+    let text = post_module(base, "", Some(TOKEN), "text/plain", garbage.clone()).await;
+    assert_eq!(text.status(), 415);
+    let bad = post_module(base, "", Some(TOKEN), wasm, garbage.clone()).await;
+    assert_eq!(bad.status(), 400);
+    let message = error_of(bad).await;
+    assert!(message.contains("WebAssembly"), "{message}");
+    // An oversize upload is refused from its declared length, before the
+    // registry reads (or buffers) any of it.
+    let mut socket = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/builds HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/wasm\r\nContent-Length: {}\r\n\r\n",
+        200 << 20
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = socket.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("limit"), "{answer}");
+    let target = post_module(base, "targets=riscv64", Some(TOKEN), wasm, hello()).await;
+    assert_eq!(target.status(), 400);
+    assert!(error_of(target).await.contains("riscv64"));
+
+    let tag = registry.get("/v1/tags/nope:v9").await;
+    assert_eq!(tag.status(), 404);
+    assert!(error_of(tag).await.contains("nope:v9"));
+    let manifest = registry
+        .get(&format!(
+            "/v1/manifests/{}",
+            thaw_artifact::Digest::of(b"x")
+        ))
+        .await;
+    assert_eq!(manifest.status(), 404);
+    assert_eq!(registry.get("/v1/blobs/sha256:zz").await.status(), 400);
+
+    // A Go panic in init fails the build with the panic line.
+    let failed = registry
+        .client()
+        .push(
+            build_go("tests/fixtures/go/panic-init", BuildMode::Auto).into(),
+            &host_only("boom:v1"),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        failed
+            .to_string()
+            .contains("panic: thaw-fixture: init exploded"),
+        "{failed}"
+    );
+
+    // Nothing above disturbed the registry.
+    assert_eq!(registry.get("/healthz").await.status(), 200);
+    let tags = registry.get("/v1/tags").await;
+    assert_eq!(tags.status(), 200);
+    assert_eq!(tags.text().await.unwrap(), "[]");
+    let metrics = registry.metrics().await;
+    assert!(
+        metrics.contains("thaw_registry_builds_total{outcome=\"rejected\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("thaw_registry_builds_total{outcome=\"failed\"} 1"),
+        "{metrics}"
+    );
+
+    // With protected pulls, reads need the token too.
+    let protected = Registry::start(ArtifactStore::open("memory://").unwrap(), |config| {
+        config.pull_requires_token = true;
+    })
+    .await;
+    assert_eq!(protected.get("/v1/tags").await.status(), 401);
+    let authorized = reqwest::Client::new()
+        .get(format!("{}/v1/tags", protected.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(authorized.status(), 200);
+    assert_eq!(protected.get("/healthz").await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identical_submissions_share_one_build_across_registry_processes() {
+    // Two registries on one store with one key, as two processes of one
+    // deployment on one bucket would be.
+    let dir = tempfile::tempdir().unwrap();
+    let store = || ArtifactStore::open(dir.path().to_str().unwrap()).unwrap();
+    let key = RegistryKey::generate();
+    let a = Registry::start_with_key(store(), key.clone(), |_| {}).await;
+    let b = Registry::start_with_key(store(), key, |_| {}).await;
+    let module = hello();
+    let host = TargetProfile::host().unwrap().name;
+
+    let first = post_module(
+        &a.base,
+        &format!("name=one&targets={host}"),
+        Some(TOKEN),
+        "application/wasm",
+        module.clone(),
+    )
+    .await;
+    assert_eq!(first.status(), 202);
+    let first: BuildResponse = first.json().await.unwrap();
+    let same_process = post_module(
+        &a.base,
+        &format!("name=two&targets={host}"),
+        Some(TOKEN),
+        "application/wasm",
+        module.clone(),
+    )
+    .await;
+    assert_eq!(same_process.status(), 202);
+    let same_process: BuildResponse = same_process.json().await.unwrap();
+    let other_process = post_module(
+        &b.base,
+        &format!("name=three&targets={host}"),
+        Some(TOKEN),
+        "application/wasm",
+        module.clone(),
+    )
+    .await;
+    assert_eq!(other_process.status(), 202);
+    let other_process: BuildResponse = other_process.json().await.unwrap();
+    assert_eq!(first.build.id, same_process.build.id);
+    assert_eq!(first.build.id, other_process.build.id);
+
+    // Wait for the result through the process that did not build.
+    let status = loop {
+        let status: BuildStatus = b.get(&other_process.status_url).await.json().await.unwrap();
+        if status.state.is_terminal() {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let BuildState::Succeeded { manifest, .. } = status.state else {
+        panic!("{status:?}");
+    };
+    // Every submission's tag points at the one build, once B's follower
+    // has caught up.
+    for name in ["one", "two", "three"] {
+        let tag = format!("{name}:latest").parse().unwrap();
+        let mut found = None;
+        for _ in 0..50 {
+            found = a.store.get_tag(&tag).await.ok();
+            if found.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(found, Some(manifest), "{name}");
+    }
+    let (a_metrics, b_metrics) = (a.metrics().await, b.metrics().await);
+    assert!(
+        a_metrics.contains("thaw_registry_builds_total{outcome=\"succeeded\"} 1"),
+        "{a_metrics}"
+    );
+    assert!(
+        !b_metrics.contains("outcome=\"succeeded\""),
+        "B built nothing:\n{b_metrics}"
+    );
+    assert_eq!(
+        store().check_integrity().await.unwrap(),
+        Vec::<String>::new()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_queue_answers_503_with_retry_after() {
+    let registry = Registry::start(ArtifactStore::open("memory://").unwrap(), |config| {
+        config.queue_capacity = 1;
+        config.workers = 1;
+    })
+    .await;
+    let module = hello();
+    let host = TargetProfile::host().unwrap().name;
+    let mut statuses = Vec::new();
+    // Different init environments make different builds of one module.
+    for i in 0..4 {
+        let response = post_module(
+            &registry.base,
+            &format!("targets={host}&init_env=RUN={i}"),
+            Some(TOKEN),
+            "application/wasm",
+            module.clone(),
+        )
+        .await;
+        let retry_after = response.headers().get("retry-after").cloned();
+        statuses.push((response.status().as_u16(), retry_after));
+    }
+    let accepted = statuses.iter().filter(|(s, _)| *s == 202).count();
+    let refused: Vec<_> = statuses.iter().filter(|(s, _)| *s == 503).collect();
+    assert!((1..=2).contains(&accepted), "{statuses:?}");
+    assert_eq!(accepted + refused.len(), 4, "{statuses:?}");
+    assert!(
+        refused.iter().all(|(_, retry)| retry.is_some()),
+        "{statuses:?}"
+    );
+    assert_eq!(registry.get("/healthz").await.status(), 200);
+}
+
+/// A loopback proxy in front of the registry that cuts blob downloads
+/// short: the first one only (`cut_once`), or all of them.
+struct CuttingProxy {
+    base: String,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl CuttingProxy {
+    async fn start(upstream: &str, cut_once: bool) -> CuttingProxy {
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        tokio::spawn(async move {
+            let cuts_left = Arc::new(Mutex::new(if cut_once { 1 } else { usize::MAX }));
+            loop {
+                let (mut client, _) = listener.accept().await.unwrap();
+                let (upstream, seen, cuts_left) =
+                    (upstream.clone(), seen.clone(), cuts_left.clone());
+                tokio::spawn(async move {
+                    // One request per connection: read its head (GETs have
+                    // no body) and ask the registry to close afterwards.
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let text = String::from_utf8_lossy(&head).to_string();
+                    seen.lock().unwrap().push(text.to_ascii_lowercase());
+                    let head = text.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+                    let mut server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                    server.write_all(head.as_bytes()).await.unwrap();
+                    let cut = text.starts_with("GET /v1/blobs/") && {
+                        let mut left = cuts_left.lock().unwrap();
+                        let cut = *left > 0;
+                        *left = left.saturating_sub(1);
+                        cut
+                    };
+                    let mut limit = if cut { 64 * 1024 } else { usize::MAX };
+                    let mut buffer = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = server.read(&mut buffer).await.unwrap_or(0);
+                        if n == 0 {
+                            break;
+                        }
+                        let n = n.min(limit);
+                        if client.write_all(&buffer[..n]).await.is_err() {
+                            break;
+                        }
+                        limit -= n;
+                        if limit == 0 {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        CuttingProxy { base, requests }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_pull_resumes_and_a_partial_blob_is_never_loaded() {
+    let registry = Registry::start(ArtifactStore::open("memory://").unwrap(), |_| {}).await;
+    registry
+        .client()
+        .push(hello(), &host_only("hello:v1"), |_| {})
+        .await
+        .unwrap();
+    let hello_v1: Reference = "hello:v1".parse().unwrap();
+    let trusted = TrustedKeys::new(vec![registry.key]);
+
+    let once = CuttingProxy::start(&registry.base, true).await;
+    let client = RegistryClient::new(&once.base, trusted.clone()).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let function = runner(cache.path()).load(&client, &hello_v1).await.unwrap();
+    assert_eq!(get_root(&function).await.status, 200);
+    let requests = once.requests.lock().unwrap().clone();
+    let blob_requests: Vec<_> = requests
+        .iter()
+        .filter(|r| r.starts_with("get /v1/blobs/"))
+        .collect();
+    assert_eq!(blob_requests.len(), 2, "{requests:?}");
+    assert!(!blob_requests[0].contains("range:"));
+    assert!(
+        blob_requests[1].contains("range: bytes=65"),
+        "resumed: {}",
+        blob_requests[1]
+    );
+
+    let always = CuttingProxy::start(&registry.base, false).await;
+    let client = RegistryClient::new(&always.base, trusted).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let error = runner(cache.path())
+        .load(&client, &hello_v1)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(error, RunError::Registry(ClientError::Transport { .. })),
+        "{error}"
+    );
+    let cached: Vec<_> = std::fs::read_dir(cache.path()).unwrap().collect();
+    assert!(
+        cached.is_empty(),
+        "nothing loadable was written: {cached:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_functions_keep_loading_while_the_registry_is_down() {
+    let mut registry = Registry::start(ArtifactStore::open("memory://").unwrap(), |_| {}).await;
+    registry
+        .client()
+        .push(hello(), &host_only("hello:v1"), |_| {})
+        .await
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let (base, key) = (registry.base.clone(), registry.key);
+    let client = || {
+        RegistryClient::new(&base, TrustedKeys::new(vec![key]))
+            .unwrap()
+            .with_cache_dir(cache.path().join("manifests"))
+    };
+    let hello_v1: Reference = "hello:v1".parse().unwrap();
+    runner(cache.path())
+        .load(&client(), &hello_v1)
+        .await
+        .unwrap();
+
+    registry.stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A restarted runner (new engine, new client) still loads it.
+    let function = runner(cache.path())
+        .load(&client(), &hello_v1)
+        .await
+        .unwrap();
+    assert_eq!(get_root(&function).await.status, 200);
+    // What was never cached fails with the outage, not something vaguer.
+    let error = runner(cache.path())
+        .load(&client(), &"other:v1".parse().unwrap())
+        .await
+        .err()
+        .unwrap();
+    match error {
+        RunError::Registry(e) => assert!(e.is_unavailable(), "{e}"),
+        other => panic!("{other}"),
+    }
+}
