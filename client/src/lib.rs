@@ -296,8 +296,7 @@ impl RegistryClient {
                 url: url.clone(),
                 source,
             })?;
-        self.trusted.verify(digest, signature.as_ref())?;
-        let signature = signature.expect("verify refuses a missing signature");
+        let signature = signature.ok_or(SignatureError::Unsigned(*digest))?;
         let manifest = self.verify_manifest(digest, &bytes, &signature)?;
         Ok((manifest, bytes, signature))
     }

@@ -16,4 +16,4 @@ func init() {
 	})
 }
 
-func main() {}
+func main() { thaw.Main() }

@@ -112,7 +112,7 @@ func init() {
 	initDuration = time.Since(start)
 }
 
-func main() {}
+func main() { thaw.Main() }
 
 // syllables are combined into generated words: 20 consonants × 5 vowels.
 var syllables = func() []string {

@@ -37,7 +37,7 @@ func init() {
 	thaw.Serve(jsonErrors(mux))
 }
 
-func main() {}
+func main() { thaw.Main() }
 
 // visits counts POST /visits. Every request runs in a fresh instance
 // restored from the snapshot, so every caller sees 1: no state leaks

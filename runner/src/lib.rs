@@ -133,6 +133,20 @@ pub struct RunnerConfig {
     /// Bytes of each instance slot's linear memory kept mapped between
     /// requests and reset in place.
     pub keep_resident: u64,
+    /// How instances get their memory.
+    pub allocator: Allocator,
+}
+
+/// How instances get their memory and tables.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Allocator {
+    /// Preallocated slots, reused across requests with copy-on-write
+    /// memory images: the fast path, and the default.
+    #[default]
+    Pooling,
+    /// A fresh mapping per instance: slower, kept to measure what pooling
+    /// buys (`docs/benchmarks.md`).
+    OnDemand,
 }
 
 /// Default [`RunnerConfig::max_instances`].
@@ -161,6 +175,7 @@ impl RunnerConfig {
             max_stdout: DEFAULT_MAX_STDOUT,
             max_stderr: DEFAULT_MAX_STDERR,
             keep_resident: DEFAULT_KEEP_RESIDENT,
+            allocator: Allocator::Pooling,
         }
     }
 }
@@ -198,9 +213,13 @@ impl Runner {
             // at concurrency 32 on examples/hello.
             .linear_memory_keep_resident(config.keep_resident as usize)
             .table_keep_resident(1 << 20);
+        let strategy = match config.allocator {
+            Allocator::Pooling => InstanceAllocationStrategy::Pooling(pooling),
+            Allocator::OnDemand => InstanceAllocationStrategy::OnDemand,
+        };
         let mut engine_config = profile::engine_config();
         engine_config
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling))
+            .allocation_strategy(strategy)
             .max_wasm_stack(WASM_STACK)
             // Guest code runs on a fiber: its stack holds the wasm stack plus
             // room for host calls (WASI) made from the deepest frame.

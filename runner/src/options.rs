@@ -11,7 +11,7 @@ use thaw_client::RegistryClient;
 
 use crate::http::{App, DEFAULT_MAX_BODY, DuplicateName};
 use crate::{
-    ArtifactSource, DEFAULT_KEEP_RESIDENT, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_MEMORY,
+    Allocator, ArtifactSource, DEFAULT_KEEP_RESIDENT, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_MEMORY,
     DEFAULT_MAX_STDERR, DEFAULT_MAX_STDOUT, RunError, Runner, RunnerConfig, function_name,
 };
 
@@ -43,6 +43,10 @@ pub struct ServeOptions {
     /// between requests (faster than unmapping; costs resident memory).
     #[arg(long, env = "THAW_KEEP_RESIDENT_MIB", default_value_t = DEFAULT_KEEP_RESIDENT >> 20)]
     pub keep_resident_mib: u64,
+    /// How instances get memory: `pooling` (preallocated slots with
+    /// copy-on-write images) or `on-demand` (slower; for comparison).
+    #[arg(long, env = "THAW_INSTANCE_ALLOCATOR", value_enum, default_value_t = Allocator::Pooling)]
+    pub instance_allocator: Allocator,
     /// An environment variable every function sees, `KEY=VALUE`; repeatable.
     #[arg(long = "env", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
@@ -67,6 +71,7 @@ impl ServeOptions {
             max_stdout: self.max_response_bytes,
             max_stderr: DEFAULT_MAX_STDERR,
             keep_resident: self.keep_resident_mib << 20,
+            allocator: self.instance_allocator,
         })
     }
 }

@@ -2,7 +2,8 @@
 //
 // A thaw function is an ordinary Go program built as a WASI reactor
 // (GOOS=wasip1 GOARCH=wasm, -buildmode=c-shared). Its main package registers
-// one [http.Handler] from init() and leaves main empty:
+// one [http.Handler] from init(); main only calls [Main], which serves when
+// the same source is built as a program instead:
 //
 //	package main
 //
@@ -19,7 +20,7 @@
 //		})
 //	}
 //
-//	func main() {}
+//	func main() { thaw.Main() }
 //
 // thaw runs _initialize (the Go runtime and every package init) once at build
 // time, calls the pre-snapshot hook, and snapshots the module's memory. Each

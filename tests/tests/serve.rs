@@ -376,3 +376,26 @@ async fn unmodified_cgi_commands_are_served() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_sdk_function_built_as_a_command_serves_through_thaw_main() {
+    // The same source as the reactor, linked as a wasip1 command: its main
+    // calls thaw.Main, which serves the request as CGI.
+    let store = ArtifactStore::open("memory://").unwrap();
+    let builder = Builder::new(store.clone(), Compiler::new()).unwrap();
+    let mut request = BuildRequest::new(vec![TargetProfile::host().unwrap()]);
+    request.tag = Some("hello:v1".parse().unwrap());
+    let outcome = builder
+        .build(
+            build_go("examples/hello", BuildMode::Command).into(),
+            &request,
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.manifest.kind, thaw_artifact::ModuleKind::Command);
+    let server = serve(&store, &["hello"], |_| {}, 1 << 20).await;
+    let response = reqwest::get(format!("{}/", server.base)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "hello from thaw\n");
+}

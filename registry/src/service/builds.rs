@@ -488,7 +488,18 @@ async fn follow_remote(service: Service, id: Digest, live: Arc<LiveBuild>) {
         tokio::time::sleep(POLL_INTERVAL).await;
         let status = match stored_status(shared, &id).await {
             Ok(Some(status)) => status,
-            Ok(None) => continue,
+            // No record yet: fine while the holder's lease lives.
+            Ok(None) if lease_is_live(shared, &id).await.unwrap_or(true) => continue,
+            Ok(None) => {
+                let mut abandoned = live.status.borrow().clone();
+                abandoned.state = BuildState::Failed {
+                    error: "abandoned: the registry process holding this build stopped before \
+                            recording it; submit the module again to rebuild"
+                        .into(),
+                };
+                live.status.send_replace(abandoned);
+                break;
+            }
             Err(e) => {
                 tracing::warn!(build = %id, error = %e, "following a remote build");
                 continue;
