@@ -106,7 +106,16 @@ impl ArtifactStore {
         }
         let path = match location.split_once("://") {
             Some(("file", path)) => path,
+            #[cfg(feature = "s3")]
             Some(("s3", bucket)) => return Self::open_s3(bucket.trim_end_matches('/')),
+            #[cfg(not(feature = "s3"))]
+            Some(("s3", _)) => {
+                return Err(invalid(
+                    "this binary is built without S3 support (thaw-runner reads local \
+                     stores; pull from a registry with --registry instead)"
+                        .into(),
+                ));
+            }
             Some((scheme, _)) => {
                 return Err(invalid(format!(
                     "scheme {scheme:?} is not supported (use file://, s3:// or memory://)"
@@ -143,6 +152,7 @@ impl ArtifactStore {
     }
 
     /// Opens an S3 bucket configured from the AWS environment variables.
+    #[cfg(feature = "s3")]
     fn open_s3(bucket: &str) -> Result<Self, StoreError> {
         let location = format!("s3://{bucket}");
         if bucket.is_empty() || bucket.contains('/') {

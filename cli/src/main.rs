@@ -226,6 +226,8 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "warn,thaw::access=info".into()),
         )
         .with_writer(std::io::stderr)
+        // Escape codes only for a terminal, so log files stay parseable.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let invoked_as = std::env::args_os()
         .next()

@@ -1,9 +1,8 @@
 //! Cranelift's incremental compilation cache.
 //!
-//! Cranelift keys each function by its body and the compiler settings.
-//! Wizer's snapshot keeps the original code section, so compiling a snapshot
-//! for the host after the snapshotter compiled its instrumented original
-//! reuses nearly every function (measured: 99.6% of a 10 MB Go module).
+//! Cranelift keys each function by its body and the compiler settings, so a
+//! rebuild of the same or a slightly changed module reuses the functions it
+//! already compiled. (Init runs on Winch, so a first build starts cold.)
 
 use std::borrow::Cow;
 use std::collections::HashMap;

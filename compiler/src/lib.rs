@@ -106,8 +106,7 @@ impl Compiler {
     }
 
     /// The engine for `target`: the engine profile plus the target, its ISA
-    /// flags and the incremental cache. The snapshotter uses the host's, so
-    /// Wizer's compile of the original warms the cache for the snapshot.
+    /// flags and the incremental cache.
     pub fn engine(&self, target: &'static TargetProfile) -> Result<Engine, CompileError> {
         let mut engines = self.engines.lock().unwrap();
         if let Some(engine) = engines.get(target.name) {

@@ -171,14 +171,13 @@ pub struct Builder {
 }
 
 impl Builder {
-    /// A builder writing to `store`. The snapshotter runs on the host
-    /// target's engine, so its compile warms the cache for the host artifact.
+    /// A builder writing to `store`. Init runs on Winch, wasmtime's
+    /// baseline compiler ([`Snapshotter::baseline_engine`]).
     pub fn new(store: ArtifactStore, compiler: Compiler) -> Result<Self, BuildError> {
-        let engine = compiler.engine(TargetProfile::host()?)?;
         Ok(Self {
             store,
             compiler: Arc::new(compiler),
-            snapshotter: Arc::new(Snapshotter::new(engine)?),
+            snapshotter: Arc::new(Snapshotter::new(Snapshotter::baseline_engine()?)?),
         })
     }
 

@@ -32,6 +32,8 @@ async fn main() -> Result<()> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Escape codes only for a terminal, so log files stay parseable.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let config = args.serve.runner_config().map_err(anyhow::Error::msg)?;

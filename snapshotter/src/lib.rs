@@ -203,6 +203,16 @@ struct InitState {
 }
 
 impl Snapshotter {
+    /// The engine init runs on: the engine profile with wasmtime's Winch
+    /// baseline compiler. Init runs once per build, so compiling it fast
+    /// matters more than running it fast; the snapshot is plain Wasm, so
+    /// this engine never shapes an artifact.
+    pub fn baseline_engine() -> Result<Engine, SnapshotError> {
+        let mut config = thaw_artifact::profile::engine_config();
+        config.strategy(wasmtime::Strategy::Winch);
+        Engine::new(&config).map_err(|e| SnapshotError::Setup(format!("{e:#}")))
+    }
+
     /// A snapshotter on `engine`, which must come from the engine profile
     /// (epoch interruption on) with a compiler. Starts the engine's epoch
     /// ticker.
@@ -237,8 +247,9 @@ impl Snapshotter {
 
     /// Runs init and the pre-snapshot hook once and snapshots the result.
     ///
-    /// Blocks its thread while Wizer compiles the instrumented module (seconds
-    /// for a large Go module): call it from a blocking-friendly context.
+    /// Blocks its thread while Wizer compiles the instrumented module (with
+    /// Winch, about half a second for a 6 MB Go module): call it from a
+    /// blocking-friendly context.
     pub async fn snapshot(
         &self,
         wasm: &[u8],
