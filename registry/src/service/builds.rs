@@ -309,8 +309,13 @@ pub async fn submit(
             .await
             .map_err(release)?
         {
+            // Signature checked just above: only the tags are left to set.
             let tags = live.tags.lock().unwrap().clone();
-            let published = publish(shared, &manifest_digest, &tags, false).await;
+            let published = async {
+                set_tags(shared, &manifest_digest, &tags).await?;
+                store.get_manifest(&manifest_digest).await
+            }
+            .await;
             shared.builds.remove(&id);
             let manifest = published.map_err(ApiError::from)?;
             shared.metrics.build("cache_hit");
@@ -393,9 +398,8 @@ async fn publish(
     manifest: &Digest,
     tags: &[TagRef],
     sign: bool,
-) -> Result<thaw_artifact::Manifest, StoreError> {
+) -> Result<(), StoreError> {
     let store = shared.builder.store();
-    let loaded = store.get_manifest(manifest).await?;
     if sign {
         store
             .put_signature(manifest, &shared.key.sign(manifest))
@@ -406,10 +410,15 @@ async fn publish(
             reason: "it is not signed by this registry's key".into(),
         });
     }
+    set_tags(shared, manifest, tags).await
+}
+
+/// Points `tags` at a manifest whose signature is already in place.
+async fn set_tags(shared: &Shared, manifest: &Digest, tags: &[TagRef]) -> Result<(), StoreError> {
     for tag in tags {
-        store.set_tag(tag, manifest).await?;
+        shared.builder.store().set_tag(tag, manifest).await?;
     }
-    Ok(loaded)
+    Ok(())
 }
 
 /// Takes the build's lease: `Ok(false)` if a live process holds it.
