@@ -29,12 +29,8 @@ for example in examples/*/; do
     (cd "$example" && GOOS=wasip1 GOARCH=wasm "$THAW_GO" vet ./...)
 done
 
-echo "== the runner links no compiler"
-if cargo tree -p thaw-runner -e normal --prefix none --locked \
-    | grep -E '^(cranelift-codegen|wasmtime-internal-cranelift|wasmtime-internal-winch|winch-codegen) '; then
-    echo "thaw-runner depends on a compiler crate (above)" >&2
-    exit 1
-fi
+echo "== the crate graph (docs/architecture.md)"
+scripts/check-crate-graph.sh
 
 echo "== Go SDK tests"
 (cd sdk/go && "$THAW_GO" test ./...)

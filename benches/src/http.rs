@@ -1,11 +1,14 @@
-//! Just enough HTTP/1.1 and CGI to time first responses and compare bodies,
-//! with nothing between the clock and the socket.
+//! Just enough HTTP/1.1 to time first responses and compare bodies, with
+//! nothing between the clock and the socket; responses are parsed by the
+//! guest ABI's own parsers.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use thaw_core::abi::{parse_cgi_response, parse_http1_response};
 
 /// `GET path` with `Connection: close`; the whole raw response.
 pub fn get(address: SocketAddr, path: &str) -> std::io::Result<Vec<u8>> {
@@ -22,42 +25,18 @@ pub fn request(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
 }
 
-/// The status and body of a raw HTTP/1.1 response.
+/// The status and body of a raw HTTP/1.1 response to a GET.
 pub fn parse_http(raw: &[u8]) -> Result<(u16, Vec<u8>)> {
-    let (head, body) = split_head(raw).context("no end of headers in the HTTP response")?;
-    let status = head
-        .lines()
-        .next()
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|code| code.parse().ok())
-        .with_context(|| format!("bad status line in {head:?}"))?;
-    Ok((status, body.to_vec()))
+    let response = parse_http1_response(&Bytes::copy_from_slice(raw), "GET")
+        .context("parsing the HTTP response")?;
+    Ok((response.status, response.body.to_vec()))
 }
 
 /// The status and body of a CGI response (`Status:` defaults to 200).
 pub fn parse_cgi(raw: &[u8]) -> Result<(u16, Vec<u8>)> {
-    let (head, body) = split_head(raw).context("no end of headers in the CGI response")?;
-    let mut status = 200;
-    for line in head.lines() {
-        if let Some(value) = line.strip_prefix("Status:") {
-            status = value
-                .split_whitespace()
-                .next()
-                .and_then(|code| code.parse().ok())
-                .context("bad CGI Status header")?;
-        }
-    }
-    Ok((status, body.to_vec()))
-}
-
-fn split_head(raw: &[u8]) -> Option<(String, &[u8])> {
-    for separator in [&b"\r\n\r\n"[..], &b"\n\n"[..]] {
-        if let Some(at) = raw.windows(separator.len()).position(|w| w == separator) {
-            let head = String::from_utf8_lossy(&raw[..at]).into_owned();
-            return Some((head, &raw[at + separator.len()..]));
-        }
-    }
-    None
+    let response =
+        parse_cgi_response(&Bytes::copy_from_slice(raw)).context("parsing the CGI response")?;
+    Ok((response.status, response.body.to_vec()))
 }
 
 /// Fails unless `actual` is a 200 with the same body as `expected`.

@@ -62,7 +62,7 @@ impl Tools {
                 format!(
                     "{} (wasmtime {})",
                     env!("CARGO_PKG_VERSION"),
-                    thaw_artifact::profile::WASMTIME_VERSION
+                    thaw_engine::profile::WASMTIME_VERSION
                 ),
             ),
             ("wasmtime CLI".into(), version(&self.wasmtime, "--version")),
@@ -282,7 +282,7 @@ fn artifact_sizes(
     let manifest = run(Command::new(&tools.thaw)
         .args(["inspect", &snapshot_ref(example), "--json", "--store"])
         .arg(store))?;
-    let manifest: thaw_artifact::Manifest =
+    let manifest: thaw_core::Manifest =
         serde_json::from_slice(&manifest.stdout).context("parsing the manifest")?;
     let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
     let mut parts = vec![("source module", manifest.source.clone())];

@@ -14,13 +14,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
-use thaw_artifact::{ArtifactStore, Manifest, ModuleKind, Reference, TagRef, TargetProfile};
+use thaw_builder::thaw_compiler::{Compiler, IncrementalCache};
+use thaw_builder::thaw_snapshotter::{DEFAULT_INIT_MAX_MEMORY, SnapshotOptions};
+use thaw_builder::{BuildOutcome, BuildRequest, Builder};
+use thaw_core::fs::{Durability, write_atomic};
+use thaw_core::settings::{parse_duration, parse_key_value};
+use thaw_core::{Manifest, ModuleKind, Reference, TagRef, TargetProfile};
 use thaw_gobuild::{BuildMode, Go};
-use thaw_registry::thaw_compiler::{Compiler, IncrementalCache};
-use thaw_registry::thaw_snapshotter::{DEFAULT_INIT_MAX_MEMORY, SnapshotOptions};
-use thaw_registry::{BuildOutcome, BuildRequest, Builder};
-use thaw_runner::options::{ServeOptions, SourceOptions, parse_duration, parse_env};
+use thaw_runner::options::{ServeOptions, SourceOptions};
 use thaw_runner::{ArtifactSource, Runner, RunnerConfig};
+use thaw_store::ArtifactStore;
 
 use crate::progress::{BuildProgress, format_duration};
 
@@ -121,7 +124,7 @@ enum Command {
         /// `name:tag` or a manifest digest.
         reference: Reference,
         /// The target whose artifact to export.
-        #[arg(long, default_value_t = thaw_artifact::profile::host_triple())]
+        #[arg(long, default_value_t = thaw_core::target::host_triple())]
         target: String,
         /// What to export.
         #[arg(long, value_enum, default_value_t = Part::Artifact)]
@@ -177,7 +180,7 @@ struct SourceArgs {
     path: PathBuf,
     /// An environment variable visible to init, `KEY=VALUE`; repeatable.
     /// Init sees no host environment otherwise.
-    #[arg(long = "init-env", value_parser = parse_env)]
+    #[arg(long = "init-env", value_parser = parse_key_value)]
     init_env: Vec<(String, String)>,
     /// Wall-clock limit for init, e.g. `30s`, `500ms`.
     #[arg(long, env = "THAW_INIT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
@@ -283,8 +286,8 @@ async fn run(command: Command) -> Result<u8> {
             source,
             serve,
         } => {
-            let config = serve.runner_config().map_err(anyhow::Error::msg)?;
-            let source = source.open(&config.cache_dir).map_err(anyhow::Error::msg)?;
+            let config = serve.runner_config()?;
+            let source = source.open(&config.cache_dir)?;
             serve_functions(&source, &functions, &serve, false).await?;
         }
         Command::Keygen(args) => service::keygen(&args)?,
@@ -375,7 +378,6 @@ async fn build(
             ..SnapshotOptions::default()
         },
         tag: tag.clone(),
-        reuse_cached: true,
     };
     let events = progress.clone();
     let outcome = builder
@@ -396,8 +398,7 @@ async fn build(
 }
 
 fn builder(store: ArtifactStore) -> Result<Builder> {
-    let cache_home =
-        thaw_artifact::paths::cache_home().context("no cache directory: set THAW_HOME")?;
+    let cache_home = thaw_core::paths::cache_home().context("no cache directory: set THAW_HOME")?;
     let cache = IncrementalCache::in_directory(cache_home.join("cranelift"))
         .context("opening the compile cache")?;
     Ok(Builder::new(store, Compiler::with_cache(cache))?)
@@ -436,7 +437,7 @@ fn default_name(path: &Path) -> Result<TagRef> {
             }
         })
         .collect();
-    TagRef::new(cleaned.trim_matches('-'), thaw_artifact::DEFAULT_TAG).with_context(|| {
+    TagRef::new(cleaned.trim_matches('-'), thaw_core::DEFAULT_TAG).with_context(|| {
         format!(
             "cannot derive a function name from {}; pass --name",
             path.display()
@@ -505,8 +506,7 @@ async fn exec(module: &Path, args: Vec<String>) -> Result<u8> {
             module.display()
         );
     }
-    let cache =
-        thaw_artifact::paths::artifact_cache().context("no cache directory: set THAW_HOME")?;
+    let cache = thaw_core::paths::artifact_cache().context("no cache directory: set THAW_HOME")?;
     let mut config = RunnerConfig::new(cache);
     config.max_instances = 1;
     // A local program, not an edge request: the whole 32-bit address space.
@@ -574,15 +574,7 @@ async fn export(
     };
     // `get_blob` verifies the digest before returning a byte.
     let bytes = store.get_blob(blob).await?;
-    let dir = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a file in {}", dir.display()))?;
-    tmp.write_all(&bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(output)
+    write_atomic(output, &bytes, Durability::Synced)
         .with_context(|| format!("writing {}", output.display()))?;
     eprintln!(
         "wrote {} ({} bytes, {})",

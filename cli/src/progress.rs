@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use thaw_registry::BuildEvent;
+use thaw_builder::BuildEvent;
 
 pub struct BuildProgress {
     multi: MultiProgress,

@@ -9,17 +9,18 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::Args;
-use thaw_artifact::signing::{PublicKey, RegistryKey, TrustedKeys};
-use thaw_artifact::{ArtifactStore, Reference, TagRef};
-use thaw_client::api::{BuildState, BuildStatus};
+use thaw_builder::thaw_snapshotter::{DEFAULT_INIT_MAX_MEMORY, SnapshotOptions};
 use thaw_client::{PushRequest, RegistryClient};
+use thaw_core::api::{BuildState, BuildStatus};
+use thaw_core::settings::{parse_duration, parse_key_value};
+use thaw_core::signing::{PublicKey, RegistryKey, TrustedKeys};
+use thaw_core::{Reference, TagRef};
 use thaw_gobuild::BuildMode;
-use thaw_registry::service::{
+use thaw_registry::{
     DEFAULT_MAX_MODULE_BYTES, DEFAULT_QUEUE_CAPACITY, DEFAULT_WORKERS, Service, ServiceConfig,
     Tokens,
 };
-use thaw_registry::thaw_snapshotter::{DEFAULT_INIT_MAX_MEMORY, SnapshotOptions};
-use thaw_runner::options::{parse_duration, parse_env};
+use thaw_store::ArtifactStore;
 
 use crate::progress::{BuildProgress, format_duration};
 use crate::{StoreArgs, builder, read_or_build_module};
@@ -105,11 +106,7 @@ pub async fn registry(args: RegistryArgs) -> Result<()> {
     let address = listener.local_addr()?;
     tracing::info!(%address, store = %location, "registry listening");
     eprintln!("registry on http://{address}/ (store {location})");
-    axum::serve(listener, service.router())
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    thaw_http::serve(listener, service.router(), thaw_http::shutdown_signal()).await?;
     Ok(())
 }
 
@@ -137,7 +134,7 @@ pub struct PushArgs {
     #[arg(long = "target")]
     targets: Vec<String>,
     /// An environment variable visible to init, `KEY=VALUE`; repeatable.
-    #[arg(long = "init-env", value_parser = parse_env)]
+    #[arg(long = "init-env", value_parser = parse_key_value)]
     init_env: Vec<(String, String)>,
     /// How a Go package is linked.
     #[arg(long, value_enum, default_value_t = BuildMode::Auto)]

@@ -6,9 +6,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use thaw_artifact::profile::{self, host_triple};
-use thaw_artifact::{ArtifactStore, ModuleKind, Reference};
+use thaw_core::target::host_triple;
+use thaw_core::{ModuleKind, Reference};
+use thaw_engine::profile;
 use thaw_runner::{Runner, RunnerConfig};
+use thaw_store::ArtifactStore;
 
 /// Where `scripts/install-isa-tools.sh` puts the aarch64 wasmtime CLI.
 const LOCAL_AARCH64_WASMTIME: &str = ".toolchain/wasmtime-aarch64/wasmtime_cli/wasmtime";
@@ -54,8 +56,7 @@ pub async fn call(
     reference: &Reference,
     request: &RequestArgs,
 ) -> Result<Vec<u8>> {
-    let cache =
-        thaw_artifact::paths::artifact_cache().context("no cache directory: set THAW_HOME")?;
+    let cache = thaw_core::paths::artifact_cache().context("no cache directory: set THAW_HOME")?;
     let mut config = RunnerConfig::new(cache);
     // One call: one slot, so the pooling allocator reserves little address
     // space (this also runs under QEMU).
@@ -208,16 +209,9 @@ fn run(mut command: Command, stdin: Option<Vec<u8>>) -> Result<Vec<u8>> {
 }
 
 fn find_tool(name: &str) -> Result<PathBuf> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .with_context(|| {
-            format!(
-                "{name} not found: run scripts/install-isa-tools.sh (Debian's qemu-user-static)"
-            )
-        })
+    which::which(name).with_context(|| {
+        format!("{name} not found: run scripts/install-isa-tools.sh (Debian's qemu-user-static)")
+    })
 }
 
 /// The wasmtime CLI for `target`: `$THAW_WASMTIME_AARCH64`, else the copy

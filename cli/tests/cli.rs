@@ -5,7 +5,7 @@ mod common;
 use std::process::{Command, Output};
 
 use common::thaw;
-use thaw_artifact::{Digest, Manifest};
+use thaw_core::{Digest, Manifest};
 use thaw_gobuild::BuildMode;
 use thaw_tests::{build_go, elf_machine};
 
@@ -148,10 +148,7 @@ fn builds_a_go_package_directory() {
     assert!(digest.trim().parse::<Digest>().is_ok(), "{digest}");
     let summary = ok(thaw(home.path(), &["inspect", "hello:latest"]));
     assert!(
-        summary.contains(&format!(
-            "artifact   {}",
-            thaw_artifact::profile::host_triple()
-        )),
+        summary.contains(&format!("artifact   {}", thaw_core::target::host_triple())),
         "{summary}"
     );
 }

@@ -58,6 +58,27 @@ impl Server {
         Server { child, base }
     }
 
+    /// Sends SIGTERM, as a service manager stopping it would, and returns
+    /// how the process exited (within ten seconds).
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running 10 s after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Kills the process at once (SIGKILL), as a crash would.
     pub fn kill(mut self) {
         let _ = self.child.kill();
@@ -171,11 +192,28 @@ fn ok(output: std::process::Output) -> (String, String) {
 }
 
 fn host() -> &'static str {
-    thaw_artifact::TargetProfile::host().unwrap().name
+    thaw_core::TargetProfile::host().unwrap().name
 }
 
 fn state(status: &serde_json::Value) -> &str {
     status["state"].as_str().unwrap()
+}
+
+/// Regression: the registry stopped only on Ctrl-C, so SIGTERM (what
+/// systemd and Kubernetes send) killed it without draining requests.
+#[test]
+fn a_registry_shuts_down_cleanly_on_sigterm() {
+    let home = tempfile::tempdir().unwrap();
+    registry_credentials(home.path());
+    let store = home.path().join("store");
+    let registry = start_registry(home.path(), store.to_str().unwrap(), &[], &[]);
+    let health = reqwest::blocking::get(format!("{}/healthz", registry.base)).unwrap();
+    assert_eq!(health.status(), 200);
+    let status = registry.terminate();
+    assert!(
+        status.success(),
+        "the registry exited with {status} on SIGTERM"
+    );
 }
 
 #[test]

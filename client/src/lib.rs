@@ -12,7 +12,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), thaw_client::ClientError> {
-//! use thaw_artifact::signing::TrustedKeys;
+//! use thaw_core::signing::TrustedKeys;
 //! use thaw_client::RegistryClient;
 //!
 //! let key = "ed25519:3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29";
@@ -26,25 +26,24 @@
 
 #![warn(missing_docs)]
 
-pub mod api;
 mod push;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_RANGE, ETAG, IF_RANGE, RANGE};
-use thaw_artifact::signing::{ManifestSignature, SignatureError, TrustedKeys};
-use thaw_artifact::{BlobRef, Digest, Manifest, Reference, StoreError, TagRef, decode_blob};
+use reqwest::header::{CONTENT_RANGE, ETAG, IF_RANGE, RANGE, RETRY_AFTER};
+use thaw_core::api::{ErrorBody, SIGNATURE_HEADER, TagEntry};
+use thaw_core::signing::{ManifestSignature, SignatureError, TrustedKeys};
+use thaw_core::{BlobError, BlobRef, Digest, Manifest, ManifestError, Reference, TagRef};
 
 pub use push::PushRequest;
 
-use api::{ErrorBody, SIGNATURE_HEADER, TagEntry};
-
 /// How many times a download is resumed before giving up.
-const MAX_ATTEMPTS: u32 = 5;
+const MAX_RESUMES: usize = 4;
 
 /// Why a registry request failed.
 #[derive(Debug, thiserror::Error)]
@@ -72,13 +71,18 @@ pub enum ClientError {
         status: u16,
         /// The registry's message.
         message: String,
+        /// How long the registry asked clients to wait (`Retry-After`).
+        retry_after: Option<Duration>,
     },
     /// The signature check failed.
     #[error(transparent)]
     Signature(#[from] SignatureError),
-    /// Downloaded bytes failed verification or decoding.
+    /// A manifest failed verification or does not parse.
     #[error(transparent)]
-    Verification(#[from] StoreError),
+    Manifest(#[from] ManifestError),
+    /// A downloaded blob failed verification.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
     /// The registry answered something that does not follow the protocol.
     #[error("{url}: {reason}")]
     Protocol {
@@ -308,16 +312,7 @@ impl RegistryClient {
         signature: &ManifestSignature,
     ) -> Result<Manifest, ClientError> {
         self.trusted.verify(digest, Some(signature))?;
-        let actual = Digest::of(bytes);
-        if actual != *digest {
-            return Err(StoreError::DigestMismatch {
-                what: format!("manifest {digest}"),
-                expected: *digest,
-                actual,
-            }
-            .into());
-        }
-        Ok(Manifest::from_bytes(bytes).map_err(StoreError::from)?)
+        Ok(Manifest::from_verified_bytes(digest, bytes)?)
     }
 
     /// Downloads a blob and verifies it against `blob` (from a verified
@@ -325,23 +320,20 @@ impl RegistryClient {
     /// five attempts; nothing unverified is ever returned.
     pub async fn fetch_blob(&self, blob: &BlobRef) -> Result<VerifiedBlob, ClientError> {
         let url = self.url(&format!("/v1/blobs/{}", blob.digest));
-        let mut buffer = Vec::with_capacity(blob.compressed_size as usize);
-        let mut attempt = 1;
-        loop {
-            match self.download(&url, blob, &mut buffer).await {
-                Ok(()) => break,
-                Err(e) if e.is_unavailable() && attempt < MAX_ATTEMPTS => {
-                    tracing::warn!(%url, attempt, have = buffer.len(), error = %e, "download interrupted; resuming");
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let compressed = Bytes::from(buffer);
+        // Shared by the attempts: each resumes where the last one stopped.
+        let buffer = tokio::sync::Mutex::new(Vec::with_capacity(blob.compressed_size as usize));
+        let download = || async { self.download(&url, blob, &mut *buffer.lock().await).await };
+        download
+            .retry(resume_backoff())
+            .when(ClientError::is_unavailable)
+            .notify(|e, wait| {
+                tracing::warn!(%url, ?wait, error = %e, "download interrupted; resuming");
+            })
+            .await?;
+        let compressed = Bytes::from(buffer.into_inner());
         let expected = blob.clone();
         let check = compressed.clone();
-        let raw = tokio::task::spawn_blocking(move || decode_blob(&check, &expected))
+        let raw = tokio::task::spawn_blocking(move || expected.decode(&check))
             .await
             .expect("decoding does not panic")?;
         Ok(VerifiedBlob { compressed, raw })
@@ -409,9 +401,23 @@ impl RegistryClient {
     }
 }
 
+/// How an interrupted download is resumed: up to four more attempts,
+/// 400 ms apart at first, doubling.
+fn resume_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(400))
+        .with_max_times(MAX_RESUMES)
+}
+
 /// The [`ClientError::Status`] of an error answer, with the registry's message.
 async fn error_of(url: &str, response: reqwest::Response) -> ClientError {
     let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
     let body = response.bytes().await.unwrap_or_default();
     let message = serde_json::from_slice::<ErrorBody>(&body)
         .map(|e| e.error)
@@ -420,6 +426,7 @@ async fn error_of(url: &str, response: reqwest::Response) -> ClientError {
         url: url.to_string(),
         status,
         message,
+        retry_after,
     }
 }
 
@@ -441,9 +448,11 @@ async fn json<T: serde::de::DeserializeOwned>(
 }
 
 /// The on-disk cache of verified manifests, for registry outages. Files are
-/// written to a temporary name and renamed, and every load re-verifies the
-/// signature and digest, so the cache itself is not trusted.
+/// written atomically, and every load re-verifies the signature and digest,
+/// so the cache itself is not trusted.
 mod cache {
+    use thaw_core::fs::{Durability, write_atomic};
+
     use super::*;
 
     fn manifest_path(dir: &Path, digest: &Digest) -> PathBuf {
@@ -451,23 +460,14 @@ mod cache {
     }
 
     fn tag_path(dir: &Path, tag: &TagRef) -> PathBuf {
-        dir.join("tags")
-            .join(tag.name())
-            .join("_tag")
-            .join(tag.tag())
+        dir.join(tag.storage_key())
     }
 
     fn write(path: &Path, bytes: &[u8]) -> Result<(), ClientError> {
-        let cache_error = |source| ClientError::Cache {
+        write_atomic(path, bytes, Durability::Synced).map_err(|source| ClientError::Cache {
             path: path.to_path_buf(),
             source,
-        };
-        let dir = path.parent().expect("cache paths have a parent");
-        std::fs::create_dir_all(dir).map_err(cache_error)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(cache_error)?;
-        std::io::Write::write_all(&mut tmp, bytes).map_err(cache_error)?;
-        tmp.persist(path).map_err(|e| cache_error(e.error))?;
-        Ok(())
+        })
     }
 
     fn read(path: &Path) -> Result<Option<Vec<u8>>, ClientError> {

@@ -2,17 +2,21 @@
 
 use std::time::Duration;
 
+use backon::{ConstantBuilder, Retryable};
 use bytes::Bytes;
+use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use reqwest::StatusCode;
-use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
-use thaw_artifact::TagRef;
+use reqwest::header::CONTENT_TYPE;
+use thaw_core::TagRef;
+use thaw_core::api::{BuildResponse, BuildState, BuildStatus};
 
-use crate::api::{BuildResponse, BuildState, BuildStatus};
-use crate::{ClientError, RegistryClient, error_of, json};
+use crate::{ClientError, RegistryClient, json};
 
 /// How many times a submission is retried while the build queue is full.
-const MAX_QUEUE_RETRIES: u32 = 5;
+const MAX_QUEUE_RETRIES: usize = 5;
+
+/// The longest wait between two submissions, whatever `Retry-After` says.
+const MAX_QUEUE_WAIT: Duration = Duration::from_secs(30);
 
 /// What to build from a submitted module.
 #[derive(Clone, Debug, Default)]
@@ -66,6 +70,7 @@ impl RegistryClient {
                 url: self.url(&accepted.status_url),
                 status: 422,
                 message: format!("build {} failed: {error}", status.id),
+                retry_after: None,
             }),
             _ => Ok(status),
         }
@@ -89,38 +94,41 @@ impl RegistryClient {
             query.push(("init_env", format!("{key}={value}")));
         }
         let url = self.url("/v1/builds");
-        let mut retries = 0;
-        loop {
-            let post = self
+        let post = || async {
+            let request = self
                 .authorize(self.http.post(&url))
                 .query(&query)
                 .header(CONTENT_TYPE, "application/wasm")
                 .body(wasm.clone());
-            let response = post.send().await.map_err(|source| ClientError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-            let status = response.status();
-            let busy = status == StatusCode::TOO_MANY_REQUESTS
-                || status == StatusCode::SERVICE_UNAVAILABLE;
-            if busy && retries < MAX_QUEUE_RETRIES {
-                let wait = response
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(1)
-                    .min(30);
-                tracing::info!(wait, "the registry's build queue is full; retrying");
-                tokio::time::sleep(Duration::from_secs(wait)).await;
-                retries += 1;
-                continue;
-            }
-            if !status.is_success() {
-                return Err(error_of(&url, response).await);
-            }
-            return json(&url, response).await;
-        }
+            let response = self.send(&url, request).await?;
+            json::<BuildResponse>(&url, response).await
+        };
+        post.retry(
+            ConstantBuilder::default()
+                .with_delay(Duration::from_secs(1))
+                .with_max_times(MAX_QUEUE_RETRIES),
+        )
+        .when(|e| {
+            matches!(
+                e,
+                ClientError::Status {
+                    status: 429 | 503,
+                    ..
+                }
+            )
+        })
+        // Wait as long as the registry asks, within reason.
+        .adjust(|e, backoff| match e {
+            ClientError::Status {
+                retry_after: Some(wait),
+                ..
+            } => Some((*wait).min(MAX_QUEUE_WAIT)),
+            _ => backoff,
+        })
+        .notify(|_, wait| {
+            tracing::info!(?wait, "the registry's build queue is full; retrying");
+        })
+        .await
     }
 
     /// Reads Server-Sent Events until the build ends or the stream does.
@@ -131,40 +139,26 @@ impl RegistryClient {
         on_status: &mut impl FnMut(&BuildStatus),
     ) -> Result<(), ClientError> {
         let response = self.send(url, self.get(url)).await?;
-        let mut body = response.bytes_stream();
-        let mut pending = Vec::new();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|source| ClientError::Transport {
+        let mut events = response.bytes_stream().eventsource();
+        while let Some(event) = events.next().await {
+            let event = event.map_err(|e| ClientError::Protocol {
                 url: url.to_string(),
-                source,
+                reason: format!("reading the event stream: {e}"),
             })?;
-            pending.extend_from_slice(&chunk);
-            while let Some(end) = find(&pending, b"\n\n") {
-                let event: Vec<u8> = pending.drain(..end + 2).collect();
-                let data: String = String::from_utf8_lossy(&event)
-                    .lines()
-                    .filter_map(|line| line.strip_prefix("data:"))
-                    .map(str::trim_start)
-                    .collect();
-                if data.is_empty() {
-                    continue;
-                }
-                let next: BuildStatus =
-                    serde_json::from_str(&data).map_err(|e| ClientError::Protocol {
-                        url: url.to_string(),
-                        reason: format!("bad event: {e}"),
-                    })?;
-                on_status(&next);
-                *status = next;
-                if status.state.is_terminal() {
-                    return Ok(());
-                }
+            if event.data.is_empty() {
+                continue;
+            }
+            let next: BuildStatus =
+                serde_json::from_str(&event.data).map_err(|e| ClientError::Protocol {
+                    url: url.to_string(),
+                    reason: format!("bad event: {e}"),
+                })?;
+            on_status(&next);
+            *status = next;
+            if status.state.is_terminal() {
+                return Ok(());
             }
         }
         Ok(())
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }

@@ -6,12 +6,12 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use thaw_artifact::Digest;
+use thaw_core::Digest;
+use thaw_core::fs::{Durability, write_atomic};
 use wasmtime::CacheStore;
 
 /// Default cap of an in-memory cache.
@@ -104,15 +104,11 @@ impl CacheStore for IncrementalCache {
                 entries.lock().unwrap().insert(key.to_vec(), value);
                 true
             }
+            // Atomic, so a concurrent reader never sees a partial entry;
+            // unsynced, because a compile writes thousands of entries and a
+            // lost one is only recompiled.
             Backend::Directory(dir) => {
-                // Temp file + rename: a reader never sees a partial entry.
-                let write = || -> std::io::Result<()> {
-                    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-                    tmp.write_all(&value)?;
-                    tmp.persist(dir.join(Digest::of(key).hex()))?;
-                    Ok(())
-                };
-                write().is_ok()
+                write_atomic(&dir.join(Digest::of(key).hex()), &value, Durability::Cached).is_ok()
             }
         }
     }

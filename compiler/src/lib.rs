@@ -1,12 +1,12 @@
 //! Ahead-of-time compiles Wasm modules with Cranelift, one artifact per
 //! [`TargetProfile`], all targets in parallel.
 //!
-//! Every engine starts from [`thaw_artifact::profile::engine_config`], the
+//! Every engine starts from [`thaw_engine::profile::engine_config`], the
 //! same settings the runner loads with, then names its target and ISA flags
 //! explicitly, so nothing about the build host's CPU leaks into an artifact.
 //!
 //! ```no_run
-//! use thaw_artifact::TargetProfile;
+//! use thaw_core::TargetProfile;
 //! use thaw_compiler::Compiler;
 //!
 //! let compiler = Compiler::new();
@@ -27,7 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cranelift_codegen::settings::{self, Configurable};
-use thaw_artifact::{Digest, Sha256Hasher, TargetProfile, profile};
+use thaw_core::error::BoxError;
+use thaw_core::{Digest, Sha256Hasher, TargetProfile};
+use thaw_engine::profile;
 use wasmtime::{Config, Engine, OptLevel};
 
 pub use cache::{DEFAULT_MEMORY_CACHE_BYTES, IncrementalCache};
@@ -36,28 +38,33 @@ pub use cache::{DEFAULT_MEMORY_CACHE_BYTES, IncrementalCache};
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
     /// Cranelift does not know the target or one of its flags.
-    #[error("invalid target profile {triple}: {reason}")]
+    #[error("invalid target profile {triple}: {what}")]
     InvalidProfile {
         /// The profile's triple.
         triple: String,
+        /// What was refused: the triple, or one flag.
+        what: String,
         /// What Cranelift said.
-        reason: String,
+        #[source]
+        source: BoxError,
     },
     /// The engine could not be built.
-    #[error("cannot build an engine for {triple}: {reason}")]
+    #[error("cannot build an engine for {triple}")]
     Engine {
         /// The target.
         triple: String,
         /// What wasmtime said.
-        reason: String,
+        #[source]
+        source: BoxError,
     },
     /// Cranelift failed on the module.
-    #[error("compiling for {triple} failed: {reason}")]
+    #[error("compiling for {triple} failed")]
     Compile {
         /// The target.
         triple: String,
         /// What wasmtime said.
-        reason: String,
+        #[source]
+        source: BoxError,
     },
 }
 
@@ -114,7 +121,7 @@ impl Compiler {
         }
         let engine = Engine::new(&self.config(target)?).map_err(|e| CompileError::Engine {
             triple: target.triple.into(),
-            reason: format!("{e:#}"),
+            source: e.into(),
         })?;
         engines.insert(target.name, engine.clone());
         Ok(engine)
@@ -124,7 +131,7 @@ impl Compiler {
         validate_profile(target)?;
         let engine_error = |e: wasmtime::Error| CompileError::Engine {
             triple: target.triple.into(),
-            reason: format!("{e:#}"),
+            source: e.into(),
         };
         let mut config = profile::engine_config();
         config.target(target.triple).map_err(engine_error)?;
@@ -187,7 +194,7 @@ fn compile_one(
         .precompile_module(wasm)
         .map_err(|e| CompileError::Compile {
             triple: target.triple.into(),
-            reason: format!("{e:#}"),
+            source: e.into(),
         })?;
     Ok(CompiledArtifact {
         target,
@@ -208,18 +215,21 @@ pub fn compatibility_hash(engine: &Engine) -> Digest {
 /// Checks a target profile against Cranelift's own ISA definitions: the
 /// triple must name a backend compiled in, and every flag must exist for it.
 pub fn validate_profile(target: &TargetProfile) -> Result<(), CompileError> {
-    let invalid = |reason: String| CompileError::InvalidProfile {
-        triple: target.triple.into(),
-        reason,
+    let invalid = |what: String| {
+        move |e: Box<dyn std::error::Error + Send + Sync>| CompileError::InvalidProfile {
+            triple: target.triple.into(),
+            what,
+            source: e,
+        }
     };
     let mut isa = cranelift_codegen::isa::lookup_by_name(target.triple)
-        .map_err(|e| invalid(e.to_string()))?;
+        .map_err(|e| invalid("no such Cranelift backend".into())(e.into()))?;
     for flag in target.isa_flags {
         isa.enable(flag)
-            .map_err(|e| invalid(format!("flag {flag:?}: {e}")))?;
+            .map_err(|e| invalid(format!("flag {flag:?}"))(e.into()))?;
     }
     isa.finish(settings::Flags::new(settings::builder()))
-        .map_err(|e| invalid(e.to_string()))?;
+        .map_err(|e| invalid("the flags do not combine".into())(e.into()))?;
     Ok(())
 }
 
@@ -229,7 +239,7 @@ mod tests {
 
     #[test]
     fn builtin_profiles_are_valid() {
-        for target in profile::TARGETS {
+        for target in thaw_core::target::TARGETS {
             validate_profile(target).unwrap();
         }
     }
@@ -262,7 +272,7 @@ mod tests {
     #[test]
     fn compiles_every_target_to_its_own_elf_machine() {
         let compiler = Compiler::new();
-        let targets: Vec<_> = profile::TARGETS.iter().collect();
+        let targets: Vec<_> = thaw_core::target::TARGETS.iter().collect();
         let done = Mutex::new(Vec::new());
         let artifacts = compiler
             .compile(TINY, &targets, |a| done.lock().unwrap().push(a.target.name))

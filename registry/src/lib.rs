@@ -1,404 +1,302 @@
-//! thaw's build pipeline: inspect → snapshot → compile → store.
+//! The registry: an HTTP service over the build pipeline. The build API
+//! submits modules to [`thaw_builder`], the read API serves signed
+//! manifests and their blobs to edge runners, and the OpenAPI document
+//! describes both (`docs/api.md` is rendered from it).
 //!
-//! [`Builder::build`] takes a submitted Wasm module and leaves a complete
-//! build in the [`ArtifactStore`]: the source, the Wizer snapshot (for
-//! reactors), one precompiled artifact per target, and a manifest naming
-//! them all, optionally tagged. Writes go blobs first, then the manifest,
-//! then the build-cache entry and tag, so a crash at any point leaves nothing
-//! that points at missing data.
-//!
-//! Resubmitting a module with the same [build key](build_key) returns the
-//! stored manifest without running anything.
+//! A registry process holds no state of its own: builds, their records,
+//! their leases, signatures and tags all live in the [`ArtifactStore`], so
+//! any number of processes can share one bucket behind a load balancer.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use thaw_artifact::{ArtifactStore, TargetProfile};
-//! use thaw_registry::{BuildRequest, Builder};
+//! use thaw_builder::{Builder, thaw_compiler::Compiler};
+//! use thaw_core::signing::RegistryKey;
+//! use thaw_registry::{Service, ServiceConfig, Tokens};
+//! use thaw_store::ArtifactStore;
 //!
 //! let store = ArtifactStore::open("/var/lib/thaw")?;
-//! let builder = Builder::new(store, thaw_compiler::Compiler::new())?;
-//! let wasm = std::fs::read("hello.wasm")?;
-//! let request = BuildRequest::new(vec![TargetProfile::host()?]);
-//! let outcome = builder.build(wasm.into(), &request, |event| println!("{event:?}")).await?;
-//! println!("{}", outcome.manifest_digest);
+//! let builder = Builder::new(store, Compiler::new())?;
+//! let config = ServiceConfig::new(Tokens::parse("secret-token"));
+//! let service = Service::start(builder, RegistryKey::generate(), config)?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7070").await?;
+//! thaw_http::serve(listener, service.router(), thaw_http::shutdown_signal()).await?;
 //! # Ok(()) }
 //! ```
 
 #![warn(missing_docs)]
 
-pub mod service;
+mod auth;
+mod builds;
+mod metrics;
+pub mod openapi;
+mod read;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use thaw_artifact::profile::{self, WASMTIME_VERSION};
-use thaw_artifact::{
-    Artifact, ArtifactStore, BuildInfo, Digest, MANIFEST_SCHEMA, Manifest, ModuleKind, StepTiming,
-    StoreError, THAW_VERSION, TagRef, TargetProfile,
-};
-use thaw_compiler::{CompileError, Compiler};
-use thaw_snapshotter::{SnapshotError, SnapshotOptions, Snapshotter};
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use thaw_builder::Builder;
+use thaw_builder::thaw_snapshotter::SnapshotOptions;
+use thaw_core::TargetProfile;
+use thaw_core::api::ErrorBody;
+use thaw_core::signing::RegistryKey;
+use thaw_store::StoreError;
 
-pub use thaw_compiler;
-pub use thaw_snapshotter;
+pub use auth::Tokens;
 
-/// Why a build failed.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// The module was refused or its init failed.
-    #[error(transparent)]
-    Snapshot(#[from] SnapshotError),
-    /// Cranelift failed.
-    #[error(transparent)]
-    Compile(#[from] CompileError),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// No target was requested.
-    #[error("no target requested")]
-    NoTargets,
-    /// The host is not a supported target (the snapshotter runs on it).
-    #[error(transparent)]
-    UnsupportedHost(#[from] thaw_artifact::UnsupportedTarget),
-}
+/// Default [`ServiceConfig::max_module_bytes`]: 128 MiB, well above the
+/// largest Go modules seen (12 MB for `examples/init-heavy`).
+pub const DEFAULT_MAX_MODULE_BYTES: usize = 128 << 20;
+/// Default [`ServiceConfig::queue_capacity`].
+pub const DEFAULT_QUEUE_CAPACITY: usize = 8;
+/// Default [`ServiceConfig::workers`]: one, because a build already
+/// compiles its targets in parallel on every core.
+pub const DEFAULT_WORKERS: usize = 1;
+/// Default [`ServiceConfig::lease_ttl`].
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+/// The targets built when a submission names none.
+pub const DEFAULT_TARGETS: [&str; 2] = ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"];
 
-/// A step of the pipeline, for progress reporting.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Step {
-    /// Validating and classifying the module.
-    Inspect,
-    /// Running init under Wizer.
-    Snapshot,
-    /// Compiling for one target.
-    Compile(&'static str),
-    /// Writing blobs, manifest and tag.
-    Store,
-}
-
-impl std::fmt::Display for Step {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Step::Inspect => f.write_str("inspect"),
-            Step::Snapshot => f.write_str("snapshot"),
-            Step::Compile(triple) => write!(f, "compile {triple}"),
-            Step::Store => f.write_str("store"),
-        }
-    }
-}
-
-/// Progress of a build, in order.
+/// The registry's tunables.
 #[derive(Clone, Debug)]
-pub enum BuildEvent {
-    /// A step began.
-    Started(Step),
-    /// A step ended.
-    Finished(Step, Duration),
-    /// The build key was found in the build cache: nothing will run.
-    CacheHit(Digest),
-}
-
-/// What to build.
-#[derive(Clone, Debug)]
-pub struct BuildRequest {
-    /// Targets to compile for (duplicates are ignored).
-    pub targets: Vec<&'static TargetProfile>,
-    /// Init limits and environment.
+pub struct ServiceConfig {
+    /// Tokens that may push.
+    pub tokens: Tokens,
+    /// Whether reads need a token too.
+    pub pull_requires_token: bool,
+    /// Largest module accepted; larger gets 413.
+    pub max_module_bytes: usize,
+    /// Builds that may wait for a worker; more get 503 with `Retry-After`.
+    pub queue_capacity: usize,
+    /// Builds run at once by this process.
+    pub workers: usize,
+    /// How long a build's lease lasts without renewal. A build whose lease
+    /// lapses is reported failed (its process died) and may be resubmitted.
+    pub lease_ttl: Duration,
+    /// Init limits for every build.
     pub snapshot: SnapshotOptions,
-    /// The tag to point at the result.
-    pub tag: Option<TagRef>,
-    /// Whether a stored build with the same build key may be returned
-    /// instead of building. The registry turns this off when the stored
-    /// build is not signed by its own key, so that it never signs what it
-    /// did not build.
-    pub reuse_cached: bool,
 }
 
-impl BuildRequest {
-    /// A request for `targets` with default init limits and no tag.
-    pub fn new(targets: Vec<&'static TargetProfile>) -> Self {
+impl ServiceConfig {
+    /// The defaults, with `tokens` allowed to push.
+    pub fn new(tokens: Tokens) -> Self {
         Self {
-            targets,
+            tokens,
+            pull_requires_token: false,
+            max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            workers: DEFAULT_WORKERS,
+            lease_ttl: DEFAULT_LEASE_TTL,
             snapshot: SnapshotOptions::default(),
-            tag: None,
-            reuse_cached: true,
         }
     }
 }
 
-/// A finished build.
-#[derive(Clone, Debug)]
-pub struct BuildOutcome {
-    /// Where the manifest is stored.
-    pub manifest_digest: Digest,
-    /// The manifest.
-    pub manifest: Manifest,
-    /// Whether it came from the build cache.
-    pub cache_hit: bool,
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// No token can push.
+    #[error("no push token configured")]
+    NoTokens,
+    /// A setting is out of range.
+    #[error("{0}")]
+    Config(String),
 }
 
-/// The build key of a module: its digest plus everything else that changes
-/// the output (targets and their flags, init environment, thaw and wasmtime
-/// versions, manifest schema). Limits that only decide success do not count.
-pub fn build_key(source: &Digest, request: &BuildRequest) -> Digest {
-    let mut targets: Vec<_> = request
-        .targets
-        .iter()
-        .map(|t| (t.name, t.triple, t.isa_flags))
-        .collect();
-    targets.sort();
-    targets.dedup();
-    let mut env = request.snapshot.env.clone();
-    env.sort();
-    let key = serde_json::json!({
-        "source": source,
-        "targets": targets,
-        "init_env": env,
-        "thaw": THAW_VERSION,
-        "wasmtime": WASMTIME_VERSION,
-        "schema": MANIFEST_SCHEMA,
-        "wasm_features": profile::wasm_features().bits(),
-    });
-    Digest::of(key.to_string().as_bytes())
+/// Shared by every handler.
+struct Shared {
+    builder: Builder,
+    key: RegistryKey,
+    config: ServiceConfig,
+    builds: builds::Builds,
+    metrics: metrics::Metrics,
+    default_targets: Vec<&'static TargetProfile>,
 }
 
-/// Runs builds against one store. Share it: it holds the engines and the
-/// Cranelift incremental cache.
-pub struct Builder {
-    store: ArtifactStore,
-    compiler: Arc<Compiler>,
-    snapshotter: Arc<Snapshotter>,
-}
+/// A running registry service. Cheap to clone.
+#[derive(Clone)]
+pub struct Service(Arc<Shared>);
 
-impl Builder {
-    /// A builder writing to `store`. Init runs on Winch, wasmtime's
-    /// baseline compiler ([`Snapshotter::baseline_engine`]).
-    pub fn new(store: ArtifactStore, compiler: Compiler) -> Result<Self, BuildError> {
-        Ok(Self {
-            store,
-            compiler: Arc::new(compiler),
-            snapshotter: Arc::new(Snapshotter::new(Snapshotter::baseline_engine()?)?),
-        })
+impl Service {
+    /// Starts the build workers. Must be called inside a Tokio runtime.
+    pub fn start(
+        builder: Builder,
+        key: RegistryKey,
+        config: ServiceConfig,
+    ) -> Result<Self, ServiceError> {
+        if config.tokens.is_empty() {
+            return Err(ServiceError::NoTokens);
+        }
+        if config.workers == 0 || config.queue_capacity == 0 {
+            return Err(ServiceError::Config(
+                "workers and queue capacity must be at least 1".into(),
+            ));
+        }
+        let default_targets = DEFAULT_TARGETS
+            .iter()
+            .map(|name| TargetProfile::by_name(name).expect("default targets exist"))
+            .collect();
+        let (builds, jobs) = builds::Builds::new(config.queue_capacity);
+        let service = Self(Arc::new(Shared {
+            builder,
+            key,
+            config,
+            builds,
+            metrics: metrics::Metrics::default(),
+            default_targets,
+        }));
+        builds::spawn_workers(&service, jobs);
+        Ok(service)
     }
 
-    /// The store builds go to.
-    pub fn store(&self) -> &ArtifactStore {
-        &self.store
-    }
-
-    /// Validates and classifies a module without building it: the checks a
-    /// build would fail first, cheap enough to answer a submission with.
-    pub fn inspect(&self, wasm: &[u8]) -> Result<thaw_snapshotter::ModuleInfo, BuildError> {
-        Ok(self.snapshotter.inspect(wasm)?)
-    }
-
-    /// Builds `wasm` as `request` says, reporting progress to `progress`.
-    pub async fn build(
-        &self,
-        wasm: Bytes,
-        request: &BuildRequest,
-        progress: impl Fn(BuildEvent) + Send + Sync + 'static,
-    ) -> Result<BuildOutcome, BuildError> {
-        let progress = Arc::new(progress);
-        let mut targets = request.targets.clone();
-        targets.sort_by_key(|t| t.name);
-        targets.dedup();
-        if targets.is_empty() {
-            return Err(BuildError::NoTargets);
-        }
-        let source_digest = Digest::of(&wasm);
-        let key = build_key(&source_digest, request);
-        let cached = match request.reuse_cached {
-            true => self.store.cached_build(&key).await?,
-            false => None,
-        };
-        if let Some(digest) = cached {
-            progress(BuildEvent::CacheHit(digest));
-            let manifest = self.store.get_manifest(&digest).await?;
-            if let Some(tag) = &request.tag {
-                self.store.set_tag(tag, &digest).await?;
-            }
-            return Ok(BuildOutcome {
-                manifest_digest: digest,
-                manifest,
-                cache_hit: true,
-            });
-        }
-
-        let mut steps = Vec::new();
-        let mut timed = StepClock {
-            progress: progress.clone(),
-            steps: &mut steps,
-        };
-
-        let started = timed.start(Step::Inspect);
-        let info = self.snapshotter.inspect(&wasm)?;
-        timed.finish(Step::Inspect, started);
-
-        let snapshot = match info.kind {
-            ModuleKind::Reactor => {
-                let started = timed.start(Step::Snapshot);
-                let snapshotter = self.snapshotter.clone();
-                let (input, info, options) = (wasm.clone(), info.clone(), request.snapshot.clone());
-                let runtime = tokio::runtime::Handle::current();
-                // Wizer compiles and runs guest code for seconds: keep it off
-                // the async workers so the service stays responsive.
-                let snapshot = tokio::task::spawn_blocking(move || {
-                    runtime.block_on(snapshotter.snapshot(&input, &info, &options))
-                })
-                .await
-                .expect("the snapshot task panicked")?;
-                timed.finish(Step::Snapshot, started);
-                Some(Bytes::from(snapshot.wasm))
-            }
-            ModuleKind::Command => None,
-        };
-
-        let to_compile = snapshot.clone().unwrap_or_else(|| wasm.clone());
-        let (hits_before, misses_before) = self.compiler.cache().stats();
-        for target in &targets {
-            progress(BuildEvent::Started(Step::Compile(target.name)));
-        }
-        let compiler = self.compiler.clone();
-        let compile_progress = progress.clone();
-        let compile_targets = targets.clone();
-        let compiled = tokio::task::spawn_blocking(move || {
-            compiler.compile(&to_compile, &compile_targets, |artifact| {
-                compile_progress(BuildEvent::Finished(
-                    Step::Compile(artifact.target.name),
-                    artifact.elapsed,
-                ))
-            })
-        })
-        .await
-        .expect("the compile task panicked")?;
-        let (hits, misses) = self.compiler.cache().stats();
-        tracing::info!(
-            hits = hits - hits_before,
-            misses = misses - misses_before,
-            "Cranelift incremental cache"
-        );
-        for artifact in &compiled {
-            timed.steps.push(StepTiming {
-                step: Step::Compile(artifact.target.name).to_string(),
-                millis: artifact.elapsed.as_millis() as u64,
-            });
-        }
-
-        let started = timed.start(Step::Store);
-        let source = self.store.put_blob(wasm).await?;
-        let snapshot = match snapshot {
-            Some(bytes) => Some(self.store.put_blob(bytes).await?),
-            None => None,
-        };
-        let mut artifacts = Vec::new();
-        for c in compiled {
-            let elapsed = c.elapsed;
-            let blob = self.store.put_blob(Bytes::from(c.bytes)).await?;
-            artifacts.push(Artifact {
-                profile: c.target.name.to_string(),
-                target: c.target.triple.to_string(),
-                isa_flags: c.target.isa_flags.iter().map(|f| f.to_string()).collect(),
-                blob,
-                wasmtime_version: WASMTIME_VERSION.to_string(),
-                compatibility_hash: c.compatibility_hash,
-                compile_ms: elapsed.as_millis() as u64,
-            });
-        }
-        // The store step's own time cannot be inside the manifest it writes;
-        // it is reported as progress only.
-        let manifest = Manifest {
-            schema: MANIFEST_SCHEMA,
-            kind: info.kind,
-            entry: info.entry.clone(),
-            source,
-            snapshot,
-            artifacts,
-            build: BuildInfo {
-                cache_key: key,
-                thaw_version: THAW_VERSION.to_string(),
-                wasmtime_version: WASMTIME_VERSION.to_string(),
-                init_env: request
-                    .snapshot
-                    .env
-                    .iter()
-                    .map(|(k, _)| k.clone())
-                    .collect(),
-                steps: timed.steps.clone(),
-            },
-        };
-        let manifest_digest = self.store.put_manifest(&manifest).await?;
-        self.store.put_cached_build(&key, &manifest_digest).await?;
-        if let Some(tag) = &request.tag {
-            self.store.set_tag(tag, &manifest_digest).await?;
-        }
-        progress(BuildEvent::Finished(Step::Store, started.elapsed()));
-        tracing::info!(manifest = %manifest_digest, kind = %manifest.kind, "build stored");
-        Ok(BuildOutcome {
-            manifest_digest,
-            manifest,
-            cache_hit: false,
-        })
+    /// The HTTP routes.
+    pub fn router(&self) -> axum::Router {
+        let reads = axum::Router::new()
+            .route("/v1/tags", get(read::list_tags))
+            .route("/v1/tags/{*reference}", get(read::get_tag))
+            .route("/v1/manifests/{digest}", get(read::get_manifest))
+            .route(
+                "/v1/blobs/{digest}",
+                get(read::get_blob).head(read::head_blob),
+            )
+            .route("/v1/builds/{id}", get(builds::status))
+            .route("/v1/builds/{id}/events", get(builds::events))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                require_pull_token,
+            ));
+        let pushes = axum::Router::new()
+            .route("/v1/builds", post(builds::submit))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                require_push_token,
+            ));
+        axum::Router::new()
+            .merge(reads)
+            .merge(pushes)
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/metrics", get(metrics_text))
+            .route("/openapi.json", get(openapi::serve))
+            .layer(thaw_http::access_log())
+            .with_state(self.clone())
     }
 }
 
-/// Reports steps to the progress callback and records their timings.
-struct StepClock<'a, P> {
-    progress: Arc<P>,
-    steps: &'a mut Vec<StepTiming>,
+async fn metrics_text(State(service): State<Service>) -> Response {
+    service.0.metrics.response()
 }
 
-impl<P: Fn(BuildEvent)> StepClock<'_, P> {
-    fn start(&mut self, step: Step) -> Instant {
-        (self.progress)(BuildEvent::Started(step));
-        Instant::now()
+async fn require_push_token(
+    State(service): State<Service>,
+    request: Request,
+    next: Next,
+) -> Response {
+    authorize(&service, request, next).await
+}
+
+async fn require_pull_token(
+    State(service): State<Service>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !service.0.config.pull_requires_token {
+        return next.run(request).await;
+    }
+    authorize(&service, request, next).await
+}
+
+async fn authorize(service: &Service, request: Request, next: Next) -> Response {
+    let message = match auth::check(request.headers(), &service.0.config.tokens) {
+        auth::Credentials::Valid => return next.run(request).await,
+        auth::Credentials::Missing => "a bearer token is required (Authorization: Bearer <token>)",
+        auth::Credentials::Invalid => "the bearer token is not valid",
+    };
+    discard_body(request.into_body(), service.0.config.max_module_bytes).await;
+    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// How long a refused upload is read and thrown away before the answer.
+const DISCARD_TIME: Duration = Duration::from_secs(10);
+
+/// Reads and drops a request body that is being refused (at most `max`
+/// bytes, for at most ten seconds), so that a client still sending it gets
+/// the answer instead of a reset connection. A body declared larger than
+/// `max` is not read at all.
+async fn discard_body(body: axum::body::Body, max: usize) {
+    use http_body_util::BodyExt;
+    let mut body = http_body_util::Limited::new(body, max);
+    let _ = tokio::time::timeout(DISCARD_TIME, async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
+}
+
+/// An error answer: a status and a JSON [`ErrorBody`].
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
-    fn finish(&mut self, step: Step, started: Instant) {
-        let elapsed = started.elapsed();
-        self.steps.push(StepTiming {
-            step: step.to_string(),
-            millis: elapsed.as_millis() as u64,
-        });
-        (self.progress)(BuildEvent::Finished(step, elapsed));
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn unavailable(message: impl Into<String>, retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+        }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, e.to_string()),
+            StoreError::Backend(_) => Self::unavailable(format!("the store failed: {e}"), 5),
+            _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+}
 
-    fn request(triples: &[&str]) -> BuildRequest {
-        BuildRequest::new(
-            triples
-                .iter()
-                .map(|t| TargetProfile::by_name(t).unwrap())
-                .collect(),
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(status = self.status.as_u16(), error = %self.message, "request failed");
+        }
+        let mut response = (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
         )
-    }
-
-    #[test]
-    fn build_key_covers_what_changes_the_output_and_nothing_else() {
-        let source = Digest::of(b"module");
-        let x86 = "x86_64-unknown-linux-gnu";
-        let arm = "aarch64-unknown-linux-gnu";
-        let base = build_key(&source, &request(&[x86, arm]));
-        // Order and duplicates of targets do not matter.
-        assert_eq!(base, build_key(&source, &request(&[arm, x86, arm])));
-        // Limits only decide success, so they do not change the key.
-        let mut limits = request(&[x86, arm]);
-        limits.snapshot.init_timeout = Duration::from_secs(1);
-        limits.snapshot.max_memory = 1 << 20;
-        limits.tag = Some("a:b".parse().unwrap());
-        assert_eq!(base, build_key(&source, &limits));
-        // Source, targets and init environment do.
-        assert_ne!(
-            base,
-            build_key(&Digest::of(b"other"), &request(&[x86, arm]))
-        );
-        assert_ne!(base, build_key(&source, &request(&[x86])));
-        let mut env = request(&[x86, arm]);
-        env.snapshot.env = vec![("MODE".into(), "prod".into())];
-        assert_ne!(base, build_key(&source, &env));
+            .into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }

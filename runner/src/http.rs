@@ -17,12 +17,12 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use bytes::Bytes;
-use thaw_artifact::ModuleKind;
+use thaw_core::abi::{GuestResponse, parse_cgi_response, parse_http1_response};
+use thaw_core::{ModuleKind, Reference};
 use tokio::sync::Semaphore;
 
 use crate::metrics::{FunctionLabels, Metrics, RequestLabels};
-use crate::{Function, Output, RunError};
+use crate::{ArtifactSource, Function, Output, RunError, Runner, function_name};
 
 /// Default cap on request bodies: 10 MiB.
 pub const DEFAULT_MAX_BODY: usize = 10 << 20;
@@ -56,6 +56,32 @@ pub struct AccessRecord {
 #[derive(Debug, thiserror::Error)]
 #[error("two functions would be served as {0:?}; serve them from separate runners or retag one")]
 pub struct DuplicateName(pub String);
+
+/// Why [`App::load`] (or the options that lead to it) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadAppError {
+    /// No artifact cache directory is known.
+    #[error("no cache directory: set THAW_HOME or pass --cache-dir")]
+    NoCacheDir,
+    /// The store could not be opened.
+    #[error("opening the store")]
+    Store(#[from] thaw_store::StoreError),
+    /// The registry client could not be set up.
+    #[error("opening the registry")]
+    Registry(#[from] thaw_client::ClientError),
+    /// The runner could not start or a function could not load.
+    #[error("loading {reference}")]
+    Load {
+        /// The function (`*` for the runner itself).
+        reference: String,
+        /// Why.
+        #[source]
+        source: RunError,
+    },
+    /// Two references share a name.
+    #[error(transparent)]
+    Duplicate(#[from] DuplicateName),
+}
 
 /// Called after every request, e.g. to report the first one.
 pub type ResponseHook = Box<dyn Fn(&AccessRecord) + Send + Sync>;
@@ -96,6 +122,33 @@ impl App {
             request_ids: AtomicU64::new(1),
             on_response: None,
         })
+    }
+
+    /// Loads every reference from `source` into `runner` and serves them
+    /// by name ([`function_name`]). `env` is the environment every function
+    /// sees; at most as many requests as the runner has instance slots run
+    /// at once.
+    pub async fn load(
+        runner: &Runner,
+        source: &impl ArtifactSource,
+        references: &[Reference],
+        env: Vec<(String, String)>,
+        max_body: usize,
+    ) -> Result<Self, LoadAppError> {
+        let mut functions = Vec::new();
+        for reference in references {
+            let function =
+                runner
+                    .load(source, reference)
+                    .await
+                    .map_err(|source| LoadAppError::Load {
+                        reference: reference.to_string(),
+                        source,
+                    })?;
+            functions.push((function_name(reference), function));
+        }
+        let slots = runner.config().max_instances as usize;
+        Ok(Self::new(functions, env, max_body, slots)?)
     }
 
     /// Calls `hook` after every request.
@@ -155,14 +208,8 @@ impl App {
     }
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        app.metrics.encode(),
-    )
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    app.metrics.response()
 }
 
 /// A short plain-text error, with the reason the client may act on.
@@ -277,32 +324,15 @@ async fn run(
         return (response, None);
     };
     let (parts, body) = request.into_parts();
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    let too_large = || {
-        app.metrics.limit_hit(name, "body");
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("request body exceeds {} bytes", app.max_body),
-        )
-    };
-    if declared.is_some_and(|n| n > app.max_body) {
-        return (too_large(), None);
-    }
-    let body = match axum::body::to_bytes(body, app.max_body).await {
+    let body = match thaw_http::read_body(&parts.headers, body, app.max_body).await {
         Ok(body) => body,
-        Err(_) if declared.is_none() => return (too_large(), None),
+        Err(e @ thaw_http::BodyError::TooLarge { .. }) => {
+            app.metrics.limit_hit(name, "body");
+            return (error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string()), None);
+        }
         Err(e) => {
-            return (
-                error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("reading the request body: {e}"),
-                ),
-                None,
-            );
+            let reason = thaw_core::error::chain(&e);
+            return (error(StatusCode::BAD_REQUEST, &reason), None);
         }
     };
 
@@ -424,7 +454,7 @@ fn guest_response(
         ModuleKind::Reactor => parse_http1_response(&output.stdout, method),
         ModuleKind::Command => parse_cgi_response(&output.stdout),
     };
-    match parsed {
+    match parsed.map_err(|e| e.to_string()).and_then(into_response) {
         Ok(response) => response,
         Err(reason) => {
             tracing::warn!(function = %name, %reason, "malformed function response");
@@ -518,15 +548,13 @@ fn cgi_env(
     env
 }
 
-fn build_response(
-    status: u16,
-    headers: Vec<(String, Vec<u8>)>,
-    body: Bytes,
-) -> Result<Response, String> {
-    let status = StatusCode::from_u16(status).map_err(|e| e.to_string())?;
-    let mut response = Response::new(Body::from(body));
+/// The response a guest wrote, as sent on: hop-by-hop headers dropped,
+/// and anything that is not valid HTTP refused.
+fn into_response(guest: GuestResponse) -> Result<Response, String> {
+    let status = StatusCode::from_u16(guest.status).map_err(|e| e.to_string())?;
+    let mut response = Response::new(Body::from(guest.body));
     *response.status_mut() = status;
-    for (name, value) in headers {
+    for (name, value) in guest.headers {
         if HOP_BY_HOP.contains(&name.to_ascii_lowercase().as_str()) {
             continue;
         }
@@ -535,75 +563,6 @@ fn build_response(
         response.headers_mut().append(name, value);
     }
     Ok(response)
-}
-
-/// Parses the SDK's HTTP/1.1 response to a `method` request. A response to
-/// HEAD, and a 1xx, 204 or 304, carries a Content-Length but no body.
-fn parse_http1_response(raw: &Bytes, method: &str) -> Result<Response, String> {
-    let mut headers = [httparse::EMPTY_HEADER; 128];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let head_len = match parsed.parse(raw).map_err(|e| e.to_string())? {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial => return Err("incomplete response head".into()),
-    };
-    let status = parsed.code.ok_or("no status code")?;
-    let bodiless = method == "HEAD" || status < 200 || status == 204 || status == 304;
-    let mut body = raw.slice(head_len..);
-    let mut pairs = Vec::new();
-    for h in parsed.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let length: usize = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .ok_or("bad Content-Length")?;
-            if length > body.len() && !bodiless {
-                return Err(format!(
-                    "Content-Length {length} but only {} body bytes",
-                    body.len()
-                ));
-            }
-            body.truncate(length);
-        }
-        pairs.push((h.name.to_string(), h.value.to_vec()));
-    }
-    build_response(status, pairs, body)
-}
-
-/// Parses a CGI response: header lines, a blank line, the body. `Status:`
-/// sets the status; `Location:` alone means a redirect.
-fn parse_cgi_response(raw: &Bytes) -> Result<Response, String> {
-    let (head_end, sep) = match (
-        raw.windows(4).position(|w| w == b"\r\n\r\n"),
-        raw.windows(2).position(|w| w == b"\n\n"),
-    ) {
-        (Some(crlf), Some(lf)) if lf < crlf => (lf, 2),
-        (Some(crlf), _) => (crlf, 4),
-        (None, Some(lf)) => (lf, 2),
-        (None, None) => return Err("no blank line after the CGI headers".into()),
-    };
-    let head = std::str::from_utf8(&raw[..head_end]).map_err(|_| "CGI headers are not UTF-8")?;
-    let mut status = None;
-    let mut has_location = false;
-    let mut pairs = Vec::new();
-    for line in head
-        .lines()
-        .map(|l| l.trim_end_matches('\r'))
-        .filter(|l| !l.is_empty())
-    {
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| format!("bad CGI header line {line:?}"))?;
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("status") {
-            let code = value.split_whitespace().next().and_then(|c| c.parse().ok());
-            status = Some(code.ok_or_else(|| format!("bad Status {value:?}"))?);
-            continue;
-        }
-        has_location |= name.eq_ignore_ascii_case("location");
-        pairs.push((name.to_string(), value.as_bytes().to_vec()));
-    }
-    let status = status.unwrap_or(if has_location { 302 } else { 200 });
-    build_response(status, pairs, raw.slice(head_end + sep..))
 }
 
 #[cfg(test)]
@@ -626,44 +585,24 @@ mod tests {
     }
 
     #[test]
-    fn parses_sdk_responses_and_rejects_truncated_ones() {
-        let ok = parse_http1_response(
-            &Bytes::from_static(
-                b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nokEXTRA",
-            ),
-            "GET",
-        )
-        .unwrap();
-        assert_eq!(ok.status(), 201);
-        assert_eq!(ok.headers()["x-a"], "1");
-        assert!(
-            parse_http1_response(
-                &Bytes::from_static(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort"),
-                "GET"
-            )
-            .is_err()
-        );
-        assert!(parse_http1_response(&Bytes::from_static(b"garbage"), "GET").is_err());
-        // Regression: a HEAD response declares the GET body's length.
-        let head = parse_http1_response(
-            &Bytes::from_static(b"HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\n"),
-            "HEAD",
-        )
-        .unwrap();
-        assert_eq!(head.status(), 200);
-    }
-
-    #[test]
-    fn parses_cgi_responses() {
-        let r = parse_cgi_response(&Bytes::from_static(
-            b"Status: 404 Not Found\nContent-Type: text/plain\n\nnope",
-        ))
-        .unwrap();
-        assert_eq!(r.status(), 404);
-        assert_eq!(r.headers()["content-type"], "text/plain");
-        let r = parse_cgi_response(&Bytes::from_static(b"Location: /x\r\n\r\n")).unwrap();
-        assert_eq!(r.status(), 302);
-        assert!(parse_cgi_response(&Bytes::from_static(b"no blank line")).is_err());
+    fn drops_hop_by_hop_headers_from_guest_responses() {
+        let guest = GuestResponse {
+            status: 200,
+            headers: vec![
+                ("Connection".into(), b"close".to_vec()),
+                ("X-A".into(), b"1".to_vec()),
+            ],
+            body: bytes::Bytes::from_static(b"ok"),
+        };
+        let response = into_response(guest).unwrap();
+        assert_eq!(response.headers()["x-a"], "1");
+        assert!(response.headers().get("connection").is_none());
+        let bad = GuestResponse {
+            status: 99,
+            headers: vec![],
+            body: bytes::Bytes::new(),
+        };
+        assert!(into_response(bad).is_err());
     }
 
     #[test]

@@ -14,8 +14,8 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), thaw_runner::RunError> {
-//! use thaw_artifact::ArtifactStore;
 //! use thaw_runner::{Runner, RunnerConfig};
+//! use thaw_store::ArtifactStore;
 //!
 //! let store = ArtifactStore::open("/var/lib/thaw").unwrap();
 //! let runner = Runner::new(RunnerConfig::new("/var/cache/thaw"))?;
@@ -29,25 +29,28 @@
 
 pub mod http;
 mod metrics;
+#[cfg(feature = "cli")]
 pub mod options;
 mod source;
 
-pub use source::ArtifactSource;
+pub use source::{ArtifactSource, Source};
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use thaw_artifact::profile::{EPOCH_TICK, EpochTicker, host_triple};
-use thaw_artifact::sandbox::{self, GuestFailure, MemoryCap};
-use thaw_artifact::{Artifact, Digest, Manifest, ModuleKind, Reference, StoreError, profile};
+use thaw_core::error::BoxError;
+use thaw_core::fs::{Durability, write_atomic};
+use thaw_core::target::host_triple;
+use thaw_core::{Artifact, Digest, Manifest, ModuleKind, Reference};
+use thaw_engine::guest::{self, GuestFailure, GuestState};
+use thaw_engine::profile::{self, EPOCH_TICK, EpochTicker};
+use thaw_engine::sandbox;
+use thaw_store::StoreError;
 use wasmtime::{
     Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig,
-    Store, UpdateDeadline,
 };
 use wasmtime_wasi::FsPerms;
-use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 
 /// Why loading or calling a function failed.
@@ -71,14 +74,15 @@ pub enum RunError {
     },
     /// wasmtime refused the artifact: another wasmtime version, engine
     /// settings, or CPU features this host lacks.
-    #[error("artifact {artifact} cannot load on this host ({host}): {reason}")]
+    #[error("artifact {artifact} cannot load on this host ({host})")]
     Incompatible {
         /// The artifact: digest, target, ISA flags and the wasmtime that built it.
         artifact: String,
         /// This host: triple and this runner's wasmtime.
         host: String,
         /// What wasmtime said.
-        reason: String,
+        #[source]
+        source: BoxError,
     },
     /// The local artifact cache failed.
     #[error("artifact cache {path}: {source}")]
@@ -88,9 +92,15 @@ pub enum RunError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The engine or linker could not be set up.
-    #[error("runner setup failed: {0}")]
-    Setup(String),
+    /// The engine, the linker or a guest's sandbox could not be set up.
+    #[error("runner setup failed: {what}")]
+    Setup {
+        /// What was being set up.
+        what: &'static str,
+        /// What wasmtime said.
+        #[source]
+        source: BoxError,
+    },
     /// The guest trapped (a Go panic that escaped the SDK ends here).
     #[error("function trapped: {message}")]
     Trap {
@@ -138,7 +148,8 @@ pub struct RunnerConfig {
 }
 
 /// How instances get their memory and tables.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Allocator {
     /// Preallocated slots, reused across requests with copy-on-write
     /// memory images: the fast path, and the default.
@@ -159,7 +170,7 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_STDOUT: usize = 16 << 20;
 /// Default [`RunnerConfig::max_stderr`]: 64 KiB.
 pub const DEFAULT_MAX_STDERR: usize = 64 << 10;
-/// Default [`RunnerConfig::keep_resident`]: 64 MiB.
+/// Default [`RunnerConfig::keep_resident`]: 8 MiB.
 pub const DEFAULT_KEEP_RESIDENT: u64 = 8 << 20;
 /// Go's own wasm test runner gives 8 MiB of wasm stack; Go code expects it.
 pub const WASM_STACK: usize = 8 << 20;
@@ -183,20 +194,20 @@ impl RunnerConfig {
 /// Loads functions and runs requests. One per process.
 pub struct Runner {
     engine: Engine,
-    linker: Linker<RequestState>,
+    linker: Linker<GuestState>,
     config: RunnerConfig,
-}
-
-struct RequestState {
-    wasi: WasiP1Ctx,
-    memory: MemoryCap,
 }
 
 impl Runner {
     /// Builds the engine from the shared engine profile, with the pooling
     /// allocator sized by `config`.
     pub fn new(config: RunnerConfig) -> Result<Self, RunError> {
-        let setup = |e: wasmtime::Error| RunError::Setup(format!("{e:#}"));
+        let setup = |what| {
+            move |e: wasmtime::Error| RunError::Setup {
+                what,
+                source: e.into(),
+            }
+        };
         let mut pooling = PoolingAllocationConfig::new();
         pooling
             .total_memories(config.max_instances)
@@ -229,10 +240,8 @@ impl Runner {
             // Guest code runs on a fiber: its stack holds the wasm stack plus
             // room for host calls (WASI) made from the deepest frame.
             .async_stack_size(WASM_STACK + (1 << 20));
-        let engine = Engine::new(&engine_config).map_err(setup)?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut RequestState| &mut s.wasi)
-            .map_err(setup)?;
+        let engine = Engine::new(&engine_config).map_err(setup("the engine"))?;
+        let linker = guest::linker(&engine).map_err(setup("the WASI linker"))?;
         std::fs::create_dir_all(&config.cache_dir).map_err(|source| RunError::Cache {
             path: config.cache_dir.clone(),
             source,
@@ -248,6 +257,11 @@ impl Runner {
     /// The engine, for inspection.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The configuration the runner was built with.
+    pub fn config(&self) -> &RunnerConfig {
+        &self.config
     }
 
     /// Resolves `reference` in `source` (a trusted store, or a registry
@@ -289,7 +303,7 @@ impl Runner {
             })?
             .clone();
         let file = self.cached_artifact(source, &artifact).await?;
-        let incompatible = |reason: String| RunError::Incompatible {
+        let incompatible = |e: wasmtime::Error| RunError::Incompatible {
             artifact: format!(
                 "{} (built for {} with wasmtime {}, ISA flags [{}])",
                 artifact.blob.digest,
@@ -298,18 +312,15 @@ impl Runner {
                 artifact.isa_flags.join(", ")
             ),
             host: format!("{host}, wasmtime {}", profile::WASMTIME_VERSION),
-            reason,
+            source: e.into(),
         };
         // SAFETY: `file` is the handle whose bytes were just hashed and
         // matched the artifact's digest, from a manifest read from the
         // trusted store or signed by a trusted registry key; cache files are only created by rename and never
         // rewritten in place, so the mapping cannot change under us.
-        let module = unsafe { Module::deserialize_open_file(&self.engine, file) }
-            .map_err(|e| incompatible(format!("{e:#}")))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&module)
-            .map_err(|e| incompatible(format!("{e:#}")))?;
+        let module =
+            unsafe { Module::deserialize_open_file(&self.engine, file) }.map_err(incompatible)?;
+        let pre = self.linker.instantiate_pre(&module).map_err(incompatible)?;
         Ok(Function {
             manifest_digest: digest,
             manifest,
@@ -342,18 +353,11 @@ impl Runner {
             Err(e) => return Err(cache_error(&path)(e)),
         }
         let bytes = source.fetch_blob(&artifact.blob).await?;
-        let dir = self.config.cache_dir.clone();
         let target = path.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
-            tmp.write_all(&bytes)?;
-            tmp.as_file().sync_all()?;
-            tmp.persist(&target)?;
-            Ok(())
-        })
-        .await
-        .expect("writing does not panic")
-        .map_err(cache_error(&path))?;
+        tokio::task::spawn_blocking(move || write_atomic(&target, &bytes, Durability::Synced))
+            .await
+            .expect("writing does not panic")
+            .map_err(cache_error(&path))?;
         match open_verified(&path, digest).await {
             Ok(Some(file)) => Ok(file),
             Ok(None) => Err(cache_error(&path)(std::io::Error::other(
@@ -446,49 +450,17 @@ pub fn function_name(reference: &Reference) -> String {
     }
 }
 
-/// Serves `app` on `listener` until Ctrl-C or SIGTERM, then lets in-flight
-/// requests finish.
-pub async fn serve(listener: tokio::net::TcpListener, app: http::App) -> std::io::Result<()> {
-    serve_until(listener, app, shutdown_signal()).await
-}
-
-/// Serves `app` on `listener` until `shutdown` completes, then lets
+/// Serves `app` on `listener` until Ctrl-C or SIGTERM, then lets
 /// in-flight requests finish.
-pub async fn serve_until(
-    listener: tokio::net::TcpListener,
-    app: http::App,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.router()
-            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down: finishing in-flight requests");
+pub async fn serve(listener: tokio::net::TcpListener, app: http::App) -> std::io::Result<()> {
+    thaw_http::serve(listener, app.router(), thaw_http::shutdown_signal()).await
 }
 
 /// A loaded function, ready to serve requests.
 pub struct Function {
     manifest_digest: Digest,
     manifest: Manifest,
-    pre: InstancePre<RequestState>,
+    pre: InstancePre<GuestState>,
     config: RunnerConfig,
 }
 
@@ -529,27 +501,9 @@ impl Function {
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .build_p1();
-        let mut store = Store::new(
-            self.pre.module().engine(),
-            RequestState {
-                wasi,
-                memory: MemoryCap::new(self.config.max_memory),
-            },
-        );
-        store.limiter(|s| &mut s.memory);
+        let mut store = guest::store(self.pre.module().engine(), wasi, self.config.max_memory);
         let timeout = self.config.request_timeout;
-        let deadline = started + timeout;
-        // At every epoch tick, guest code yields its tokio worker (so a few
-        // spinning guests cannot starve the server) and traps once past
-        // the wall-clock deadline.
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            Ok(if Instant::now() >= deadline {
-                UpdateDeadline::Interrupt
-            } else {
-                UpdateDeadline::Yield(1)
-            })
-        });
+        guest::set_deadline(&mut store, Some(started + timeout));
 
         let run = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
@@ -567,7 +521,7 @@ impl Function {
         let stderr_bytes = stderr.contents();
         let instantiate = match result {
             Ok(instantiated) => instantiated,
-            Err(e) => match GuestFailure::of(&e, &store.data().memory) {
+            Err(e) => match GuestFailure::of(&e, &store) {
                 // `proc_exit(0)` is how a Go command returns successfully.
                 GuestFailure::Exit(0) => started.elapsed(),
                 GuestFailure::Exit(code) => {
@@ -606,18 +560,16 @@ impl Function {
             .args(args)
             .inherit_stdio()
             .preopened_dir("/", "/", FsPerms::ReadWrite)
-            .map_err(|e| RunError::Setup(format!("preopening /: {e:#}")))?;
-        let mut store = Store::new(
+            .map_err(|e| RunError::Setup {
+                what: "preopening /",
+                source: e.into(),
+            })?;
+        // A program run from a shell: no deadline.
+        let mut store = guest::store(
             self.pre.module().engine(),
-            RequestState {
-                wasi: builder.build_p1(),
-                memory: MemoryCap::new(self.config.max_memory),
-            },
+            builder.build_p1(),
+            self.config.max_memory,
         );
-        store.limiter(|s| &mut s.memory);
-        // Epoch interruption is part of the engine profile; a program run
-        // from a shell gets a deadline far beyond any test timeout.
-        store.set_epoch_deadline(u64::MAX / 2);
         let result = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             let entry = instance.get_typed_func::<(), ()>(&mut store, &self.manifest.entry)?;
@@ -626,7 +578,7 @@ impl Function {
         .await;
         match result {
             Ok(()) => Ok(0),
-            Err(e) => match GuestFailure::of(&e, &store.data().memory) {
+            Err(e) => match GuestFailure::of(&e, &store) {
                 GuestFailure::Exit(code) => Ok(code),
                 GuestFailure::MemoryLimit => Err(RunError::MemoryLimit(self.config.max_memory)),
                 // `exec` sets no deadline, so an interrupt is just a trap.
@@ -648,7 +600,8 @@ impl Function {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use thaw_artifact::{BlobRef, BuildInfo, MANIFEST_SCHEMA};
+    use thaw_core::target::TARGETS;
+    use thaw_core::{BlobRef, BuildInfo, MANIFEST_SCHEMA};
 
     fn artifact(name: &str, target: &str, flags: &[&str]) -> Artifact {
         Artifact {
@@ -693,7 +646,7 @@ mod tests {
         } else {
             "x86_64-unknown-linux-gnu"
         };
-        let mut artifacts: Vec<Artifact> = profile::TARGETS
+        let mut artifacts: Vec<Artifact> = TARGETS
             .iter()
             .filter(|t| t.triple == host)
             .map(|t| artifact(t.name, t.triple, t.isa_flags))
@@ -706,7 +659,7 @@ mod tests {
         artifacts.push(artifact("other", other, &[]));
         let m = manifest(artifacts);
         let best = best_artifact_for_host(&m).unwrap();
-        let runnable = profile::TARGETS
+        let runnable = TARGETS
             .iter()
             .filter(|t| t.triple == host && t.isa_flags.iter().all(|f| cpu_has(f)))
             .max_by_key(|t| t.isa_flags.len())

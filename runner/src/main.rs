@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use thaw_artifact::Reference;
+use thaw_core::Reference;
 use thaw_runner::options::{ServeOptions, SourceOptions};
 use thaw_runner::serve;
 
@@ -36,11 +36,10 @@ async fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
-    let config = args.serve.runner_config().map_err(anyhow::Error::msg)?;
+    let config = args.serve.runner_config()?;
     let source = args
         .source
         .open(&config.cache_dir)
-        .map_err(anyhow::Error::msg)
         .context("opening the function source")?;
     let app = args.serve.load_app(&source, &args.functions).await?;
     let listener = tokio::net::TcpListener::bind(args.serve.listen)

@@ -1,18 +1,20 @@
-//! Command-line options shared by `thaw-runner` and `thaw run`/`thaw up`,
-//! so every tunable has one definition, one default and one env override.
+//! Command-line flags shared by `thaw-runner` and `thaw run`/`thaw up`
+//! (the `clap` feature), so every tunable has one flag, one default and one
+//! env override. They only translate to the library's configuration; the
+//! library never parses arguments.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use thaw_artifact::signing::{PublicKey, TrustedKeys};
-use thaw_artifact::{ArtifactStore, BlobRef, Digest, Manifest, Reference};
-use thaw_client::RegistryClient;
+use thaw_core::Reference;
+use thaw_core::settings::{parse_duration, parse_key_value};
+use thaw_core::signing::PublicKey;
 
-use crate::http::{App, DEFAULT_MAX_BODY, DuplicateName};
+use crate::http::{App, DEFAULT_MAX_BODY, LoadAppError};
 use crate::{
     Allocator, ArtifactSource, DEFAULT_KEEP_RESIDENT, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_MEMORY,
-    DEFAULT_MAX_STDERR, DEFAULT_MAX_STDOUT, RunError, Runner, RunnerConfig, function_name,
+    DEFAULT_MAX_STDERR, DEFAULT_MAX_STDOUT, Runner, RunnerConfig, Source,
 };
 
 /// Default `--listen`.
@@ -48,7 +50,7 @@ pub struct ServeOptions {
     #[arg(long, env = "THAW_INSTANCE_ALLOCATOR", value_enum, default_value_t = Allocator::Pooling)]
     pub instance_allocator: Allocator,
     /// An environment variable every function sees, `KEY=VALUE`; repeatable.
-    #[arg(long = "env", value_parser = parse_env)]
+    #[arg(long = "env", value_parser = parse_key_value)]
     pub env: Vec<(String, String)>,
     /// Directory of verified artifacts. Default: `<cache home>/artifacts`.
     #[arg(long, env = "THAW_ARTIFACT_CACHE")]
@@ -57,11 +59,10 @@ pub struct ServeOptions {
 
 impl ServeOptions {
     /// The runner configuration these options describe.
-    pub fn runner_config(&self) -> Result<RunnerConfig, String> {
+    pub fn runner_config(&self) -> Result<RunnerConfig, LoadAppError> {
         let cache_dir = match &self.cache_dir {
             Some(dir) => dir.clone(),
-            None => thaw_artifact::paths::artifact_cache()
-                .ok_or("no cache directory: set THAW_HOME or pass --cache-dir")?,
+            None => thaw_core::paths::artifact_cache().ok_or(LoadAppError::NoCacheDir)?,
         };
         Ok(RunnerConfig {
             cache_dir,
@@ -73,6 +74,27 @@ impl ServeOptions {
             keep_resident: self.keep_resident_mib << 20,
             allocator: self.instance_allocator,
         })
+    }
+
+    /// Starts a runner with these options and loads every reference from
+    /// `source` into an [`App`] ready to serve.
+    pub async fn load_app(
+        &self,
+        source: &impl ArtifactSource,
+        references: &[Reference],
+    ) -> Result<App, LoadAppError> {
+        let runner = Runner::new(self.runner_config()?).map_err(|source| LoadAppError::Load {
+            reference: "*".into(),
+            source,
+        })?;
+        App::load(
+            &runner,
+            source,
+            references,
+            self.env.clone(),
+            self.max_body_bytes,
+        )
+        .await
     }
 }
 
@@ -97,146 +119,18 @@ pub struct SourceOptions {
     pub registry_token: Option<String>,
 }
 
-/// An opened [`SourceOptions`].
-#[derive(Clone, Debug)]
-pub enum Source {
-    /// A store read directly.
-    Store(ArtifactStore),
-    /// A registry; verified manifests are cached for outages.
-    Registry(RegistryClient),
-}
-
 impl SourceOptions {
     /// Opens the store or registry. `cache_dir` is the artifact cache; a
     /// registry's verified manifests are kept beside it.
-    pub fn open(&self, cache_dir: &std::path::Path) -> Result<Source, String> {
-        let Some(url) = &self.registry else {
-            return ArtifactStore::open_or_default(self.store.as_deref())
-                .map(Source::Store)
-                .map_err(|e| e.to_string());
-        };
-        if self.trust_keys.is_empty() {
-            return Err("--registry needs at least one --trust-key".into());
+    pub fn open(&self, cache_dir: &std::path::Path) -> Result<Source, LoadAppError> {
+        match &self.registry {
+            None => Ok(Source::store(self.store.as_deref())?),
+            Some(url) => Ok(Source::registry(
+                url,
+                self.trust_keys.clone(),
+                self.registry_token.clone(),
+                cache_dir,
+            )?),
         }
-        let manifests = cache_dir
-            .join("registries")
-            .join(Digest::of(url.as_bytes()).short());
-        let client = RegistryClient::new(url, TrustedKeys::new(self.trust_keys.clone()))
-            .map_err(|e| e.to_string())?
-            .with_token(self.registry_token.clone())
-            .with_cache_dir(manifests);
-        Ok(Source::Registry(client))
-    }
-}
-
-impl ArtifactSource for Source {
-    async fn resolve(&self, reference: &Reference) -> Result<(Digest, Manifest), RunError> {
-        match self {
-            Source::Store(store) => ArtifactSource::resolve(store, reference).await,
-            Source::Registry(client) => ArtifactSource::resolve(client, reference).await,
-        }
-    }
-
-    async fn fetch_blob(&self, blob: &BlobRef) -> Result<bytes::Bytes, RunError> {
-        match self {
-            Source::Store(store) => ArtifactSource::fetch_blob(store, blob).await,
-            Source::Registry(client) => ArtifactSource::fetch_blob(client, blob).await,
-        }
-    }
-}
-
-/// Why [`ServeOptions::load_app`] failed.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadAppError {
-    /// The options do not describe a usable runner.
-    #[error("{0}")]
-    Options(String),
-    /// The runner could not start or a function could not load.
-    #[error("loading {reference}: {source}")]
-    Load {
-        /// The function (`*` for the runner itself).
-        reference: String,
-        /// Why.
-        source: RunError,
-    },
-    /// Two references share a name.
-    #[error(transparent)]
-    Duplicate(#[from] DuplicateName),
-}
-
-impl ServeOptions {
-    /// Starts a runner with these options and loads every reference from
-    /// `source` into an [`App`] ready to serve.
-    pub async fn load_app(
-        &self,
-        source: &impl ArtifactSource,
-        references: &[Reference],
-    ) -> Result<App, LoadAppError> {
-        let runner = Runner::new(self.runner_config().map_err(LoadAppError::Options)?).map_err(
-            |source| LoadAppError::Load {
-                reference: "*".into(),
-                source,
-            },
-        )?;
-        let mut functions = Vec::new();
-        for reference in references {
-            let function =
-                runner
-                    .load(source, reference)
-                    .await
-                    .map_err(|source| LoadAppError::Load {
-                        reference: reference.to_string(),
-                        source,
-                    })?;
-            functions.push((function_name(reference), function));
-        }
-        Ok(App::new(
-            functions,
-            self.env.clone(),
-            self.max_body_bytes,
-            self.max_instances as usize,
-        )?)
-    }
-}
-
-/// Parses `KEY=VALUE`.
-pub fn parse_env(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .filter(|(k, _)| !k.is_empty())
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
-}
-
-/// Parses `500ms`, `30s`, `2m` (a bare number is seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (number, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|i| s.split_at(i))
-        .unwrap_or((s, "s"));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 30s or 500ms"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?}: the unit must be ms, s or m")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_durations_and_env() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("3h").is_err());
-        assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
-        assert!(parse_env("=x").is_err());
-        assert!(parse_env("novalue").is_err());
     }
 }

@@ -3,9 +3,13 @@
 //! a trusted signature. Either way the blob bytes are checked against the
 //! manifest's digest before they reach the cache.
 
+use std::path::Path;
+
 use bytes::Bytes;
-use thaw_artifact::{ArtifactStore, BlobRef, Digest, Manifest, Reference};
-use thaw_client::RegistryClient;
+use thaw_client::{ClientError, RegistryClient};
+use thaw_core::signing::{PublicKey, TrustedKeys};
+use thaw_core::{BlobRef, Digest, Manifest, Reference};
+use thaw_store::{ArtifactStore, StoreError};
 
 use crate::RunError;
 
@@ -38,5 +42,58 @@ impl ArtifactSource for RegistryClient {
 
     async fn fetch_blob(&self, blob: &BlobRef) -> Result<Bytes, RunError> {
         Ok(RegistryClient::fetch_blob(self, blob).await?.raw)
+    }
+}
+
+/// A trusted store or a registry, chosen at run time.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A store read directly.
+    Store(ArtifactStore),
+    /// A registry; verified manifests are cached for outages.
+    Registry(RegistryClient),
+}
+
+impl Source {
+    /// The trusted store at `location`, or the default store.
+    pub fn store(location: Option<&str>) -> Result<Self, StoreError> {
+        ArtifactStore::open_or_default(location).map(Source::Store)
+    }
+
+    /// The registry at `url`, trusting manifests signed by `keys`. Its
+    /// verified manifests are kept under `cache_dir` (one folder per
+    /// registry), so functions it served keep loading through an outage.
+    pub fn registry(
+        url: &str,
+        keys: Vec<PublicKey>,
+        token: Option<String>,
+        cache_dir: &Path,
+    ) -> Result<Self, ClientError> {
+        if keys.is_empty() {
+            return Err(ClientError::NoTrustedKeys);
+        }
+        let manifests = cache_dir
+            .join("registries")
+            .join(Digest::of(url.as_bytes()).short());
+        let client = RegistryClient::new(url, TrustedKeys::new(keys))?
+            .with_token(token)
+            .with_cache_dir(manifests);
+        Ok(Source::Registry(client))
+    }
+}
+
+impl ArtifactSource for Source {
+    async fn resolve(&self, reference: &Reference) -> Result<(Digest, Manifest), RunError> {
+        match self {
+            Source::Store(store) => ArtifactSource::resolve(store, reference).await,
+            Source::Registry(client) => ArtifactSource::resolve(client, reference).await,
+        }
+    }
+
+    async fn fetch_blob(&self, blob: &BlobRef) -> Result<Bytes, RunError> {
+        match self {
+            Source::Store(store) => ArtifactSource::fetch_blob(store, blob).await,
+            Source::Registry(client) => ArtifactSource::fetch_blob(client, blob).await,
+        }
     }
 }

@@ -2,8 +2,8 @@
 
 use std::collections::HashSet;
 
-use thaw_artifact::ModuleKind;
-use thaw_artifact::abi::{
+use thaw_core::ModuleKind;
+use thaw_core::abi::{
     COMMAND_EXPORT, HANDLE_EXPORT, PRE_SNAPSHOT_EXPORT, REACTOR_INIT_EXPORT, WASI_P1_MODULE,
 };
 use wasmparser::{Encoding, ExternalKind, Parser, Payload, TypeRef, Validator};
@@ -42,7 +42,7 @@ pub fn inspect(
     let mut imports = Vec::new();
     let mut exports = HashSet::new();
     for payload in Parser::new(0).parse_all(wasm) {
-        let payload = payload.map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+        let payload = payload.map_err(SnapshotError::Invalid)?;
         match payload {
             Payload::Version {
                 encoding: Encoding::Component,
@@ -50,7 +50,7 @@ pub fn inspect(
             } => return Err(SnapshotError::Component),
             Payload::ImportSection(reader) => {
                 for import in reader.into_imports() {
-                    let import = import.map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+                    let import = import.map_err(SnapshotError::Invalid)?;
                     imports.push((
                         import.module.to_string(),
                         import.name.to_string(),
@@ -60,7 +60,7 @@ pub fn inspect(
             }
             Payload::ExportSection(reader) => {
                 for export in reader {
-                    let export = export.map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+                    let export = export.map_err(SnapshotError::Invalid)?;
                     if export.kind == ExternalKind::Func {
                         exports.insert(export.name.to_string());
                     }
@@ -94,9 +94,9 @@ pub fn inspect(
         }
     }
 
-    Validator::new_with_features(thaw_artifact::profile::wasm_features())
+    Validator::new_with_features(thaw_engine::profile::wasm_features())
         .validate_all(wasm)
-        .map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+        .map_err(SnapshotError::Invalid)?;
 
     let reactor = exports.contains(REACTOR_INIT_EXPORT);
     let command = exports.contains(COMMAND_EXPORT);

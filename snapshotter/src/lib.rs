@@ -25,14 +25,15 @@ mod inspect;
 mod segments;
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use thaw_artifact::abi::{PRE_SNAPSHOT_EXPORT, REACTOR_INIT_EXPORT, WASI_P1_MODULE};
-use thaw_artifact::profile::{EpochTicker, deadline_ticks};
-use thaw_artifact::sandbox::{GuestFailure, MemoryCap};
-use thaw_artifact::{ModuleKind, sandbox};
-use wasmtime::{Engine, Linker, Store};
-use wasmtime_wasi::p1::WasiP1Ctx;
+use thaw_core::ModuleKind;
+use thaw_core::abi::{PRE_SNAPSHOT_EXPORT, REACTOR_INIT_EXPORT, WASI_P1_MODULE};
+use thaw_core::error::BoxError;
+use thaw_engine::guest::{self, GuestFailure, GuestState};
+use thaw_engine::profile::EpochTicker;
+use thaw_engine::sandbox;
+use wasmtime::{Engine, Linker};
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 
 pub use inspect::{ModuleInfo, inspect};
@@ -52,8 +53,8 @@ pub enum SnapshotError {
     #[error("this is a WebAssembly component; thaw takes core modules (GOOS=wasip1 GOARCH=wasm)")]
     Component,
     /// Malformed, or uses Wasm features outside thaw's profile.
-    #[error("invalid WebAssembly module: {0}")]
-    Invalid(String),
+    #[error("invalid WebAssembly module")]
+    Invalid(#[source] wasmparser::BinaryReaderError),
     /// Wasm, but not a WASI preview 1 program.
     #[error("not a wasip1 module: {reason}")]
     NotWasip1 {
@@ -77,9 +78,13 @@ pub enum SnapshotError {
          (thaw.Serve or thaw.HandleFunc in init)"
     )]
     MissingEntryPoint,
+    /// A command module: commands run `_start` per request, so there is
+    /// no init to snapshot.
+    #[error("only reactors are snapshotted; commands run `_start` per request")]
+    NotAReactor,
     /// Wizer cannot snapshot this module.
-    #[error("cannot snapshot this module: {0}")]
-    Unsupported(String),
+    #[error("cannot snapshot this module")]
+    Unsupported(#[source] BoxError),
     /// Init trapped. A Go panic or fatal error ends in a trap; its text,
     /// taken from stderr, leads the message.
     #[error("{}{}", trap_headline(.panic, .trap), stderr_suffix(.stderr))]
@@ -116,11 +121,11 @@ pub enum SnapshotError {
         stderr: String,
     },
     /// The snapshot failed validation: a bug in the pipeline, never stored.
-    #[error("the snapshot is not valid WebAssembly: {0}")]
-    InvalidSnapshot(String),
+    #[error("the snapshot is not valid WebAssembly")]
+    InvalidSnapshot(#[source] BoxError),
     /// The engine or linker could not be set up.
-    #[error("snapshotter setup failed: {0}")]
-    Setup(String),
+    #[error("snapshotter setup failed")]
+    Setup(#[source] BoxError),
 }
 
 fn trap_headline(panic: &Option<String>, trap: &str) -> String {
@@ -193,13 +198,8 @@ pub struct Snapshot {
 /// Runs init under Wizer. Cheap to share: one per engine.
 pub struct Snapshotter {
     engine: Engine,
-    linker: Linker<InitState>,
+    linker: Linker<GuestState>,
     provided_imports: HashSet<String>,
-}
-
-struct InitState {
-    wasi: WasiP1Ctx,
-    memory: MemoryCap,
 }
 
 impl Snapshotter {
@@ -208,24 +208,20 @@ impl Snapshotter {
     /// matters more than running it fast; the snapshot is plain Wasm, so
     /// this engine never shapes an artifact.
     pub fn baseline_engine() -> Result<Engine, SnapshotError> {
-        let mut config = thaw_artifact::profile::engine_config();
+        let mut config = thaw_engine::profile::engine_config();
         config.strategy(wasmtime::Strategy::Winch);
-        Engine::new(&config).map_err(|e| SnapshotError::Setup(format!("{e:#}")))
+        Engine::new(&config).map_err(|e| SnapshotError::Setup(e.into()))
     }
 
     /// A snapshotter on `engine`, which must come from the engine profile
     /// (epoch interruption on) with a compiler. Starts the engine's epoch
     /// ticker.
     pub fn new(engine: Engine) -> Result<Self, SnapshotError> {
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut InitState| &mut s.wasi)
-            .map_err(|e| SnapshotError::Setup(format!("{e:#}")))?;
-        let mut store = Store::new(
+        let linker = guest::linker(&engine).map_err(|e| SnapshotError::Setup(e.into()))?;
+        let mut store = guest::store(
             &engine,
-            InitState {
-                wasi: sandbox::wasi_builder::<&str, &str>(&[]).build_p1(),
-                memory: MemoryCap::new(0),
-            },
+            sandbox::wasi_builder::<&str, &str>(&[]).build_p1(),
+            0,
         );
         let provided_imports = linker
             .iter(&mut store)
@@ -257,9 +253,7 @@ impl Snapshotter {
         options: &SnapshotOptions,
     ) -> Result<Snapshot, SnapshotError> {
         if info.kind != ModuleKind::Reactor {
-            return Err(SnapshotError::Unsupported(
-                "only reactors are snapshotted; commands run `_start` per request".into(),
-            ));
+            return Err(SnapshotError::NotAReactor);
         }
         let stdout = MemoryOutputPipe::new(options.max_output);
         let stderr = MemoryOutputPipe::new(options.max_output);
@@ -268,14 +262,7 @@ impl Snapshotter {
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .build_p1();
-        let mut store = Store::new(
-            &self.engine,
-            InitState {
-                wasi,
-                memory: MemoryCap::new(options.max_memory),
-            },
-        );
-        store.limiter(|s| &mut s.memory);
+        let mut store = guest::store(&self.engine, wasi, options.max_memory);
 
         // Wizer always calls `_initialize` first, and runs it only once when
         // it is also the init function. (The Wizer CLI calls it a second time
@@ -289,10 +276,10 @@ impl Snapshotter {
         wizer.init_func(init_func);
 
         let mut started = false;
-        let deadline = deadline_ticks(options.init_timeout);
         let run = wizer.run(&mut store, wasm, async |store, module| {
-            store.set_epoch_deadline(deadline);
-            store.epoch_deadline_trap();
+            // Counted from here: Wizer's compile of the instrumented module
+            // before this point is not init.
+            guest::set_deadline(store, Some(Instant::now() + options.init_timeout));
             let instance = self.linker.instantiate_async(store, module).await?;
             // Only now does guest code run; failures before are the module's
             // shape (unsupported instructions, imports of the wrong type).
@@ -318,9 +305,9 @@ impl Snapshotter {
             Err(error) => {
                 let stderr = captured(&stderr);
                 return Err(if !started {
-                    SnapshotError::Unsupported(format!("{error:#}"))
+                    SnapshotError::Unsupported(error.into())
                 } else {
-                    match GuestFailure::of(&error, &store.data().memory) {
+                    match GuestFailure::of(&error, &store) {
                         GuestFailure::MemoryLimit => SnapshotError::InitMemoryLimit {
                             limit: options.max_memory,
                             stderr,
@@ -341,12 +328,12 @@ impl Snapshotter {
         };
 
         let stripped = strip_empty_passive_segments(&raw)
-            .map_err(|e| SnapshotError::InvalidSnapshot(e.to_string()))?;
+            .map_err(|e| SnapshotError::InvalidSnapshot(e.into()))?;
         // Wizer's release build does not validate what it writes; a snapshot
         // wasmtime would refuse must fail the build, not every edge host.
-        wasmparser::Validator::new_with_features(thaw_artifact::profile::wasm_features())
+        wasmparser::Validator::new_with_features(thaw_engine::profile::wasm_features())
             .validate_all(&stripped.wasm)
-            .map_err(|e| SnapshotError::InvalidSnapshot(e.to_string()))?;
+            .map_err(|e| SnapshotError::InvalidSnapshot(e.into()))?;
         Ok(Snapshot {
             wasm: stripped.wasm,
             removed_segments: stripped.removed,

@@ -43,27 +43,21 @@ pub struct Response {
 impl Response {
     /// Parses what an SDK function wrote to stdout.
     pub fn parse(raw: &[u8]) -> Response {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut response = httparse::Response::new(&mut headers);
-        let httparse::Status::Complete(head_len) = response
-            .parse(raw)
-            .unwrap_or_else(|e| panic!("bad response {e}: {:?}", String::from_utf8_lossy(raw)))
-        else {
-            panic!("incomplete response: {:?}", String::from_utf8_lossy(raw));
-        };
+        let parsed = thaw_core::abi::parse_http1_response(&raw.to_vec().into(), "GET")
+            .unwrap_or_else(|e| panic!("bad response {e}: {:?}", String::from_utf8_lossy(raw)));
         Response {
-            status: response.code.unwrap(),
-            headers: response
+            status: parsed.status,
+            headers: parsed
                 .headers
                 .iter()
-                .map(|h| {
+                .map(|(name, value)| {
                     (
-                        h.name.to_ascii_lowercase(),
-                        String::from_utf8_lossy(h.value).into_owned(),
+                        name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(value).into_owned(),
                     )
                 })
                 .collect(),
-            body: raw[head_len..].to_vec(),
+            body: parsed.body.to_vec(),
         }
     }
 

@@ -7,11 +7,12 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
-use thaw_artifact::{ArtifactStore, TargetProfile};
+use thaw_builder::thaw_compiler::Compiler;
+use thaw_builder::thaw_snapshotter::SnapshotError;
+use thaw_builder::{BuildError, BuildRequest, Builder};
+use thaw_core::TargetProfile;
 use thaw_gobuild::BuildMode;
-use thaw_registry::thaw_compiler::Compiler;
-use thaw_registry::thaw_snapshotter::SnapshotError;
-use thaw_registry::{BuildError, BuildRequest, Builder};
+use thaw_store::ArtifactStore;
 use thaw_tests::{build_go, go, repo_root};
 
 fn request() -> BuildRequest {

@@ -3,11 +3,12 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use thaw_artifact::{ArtifactStore, ModuleKind, Reference, TargetProfile};
+use thaw_builder::thaw_compiler::Compiler;
+use thaw_builder::{BuildEvent, BuildRequest, Builder};
+use thaw_core::{ModuleKind, Reference, TargetProfile};
 use thaw_gobuild::BuildMode;
-use thaw_registry::thaw_compiler::Compiler;
-use thaw_registry::{BuildEvent, BuildRequest, Builder};
 use thaw_runner::{Runner, RunnerConfig};
+use thaw_store::ArtifactStore;
 use thaw_tests::{Response, build_go, elf_machine, exports, request};
 
 const X86_64: &str = "x86_64-unknown-linux-gnu";
@@ -232,7 +233,7 @@ async fn command_modules_are_compiled_not_snapshotted_and_run_start() {
             |e| {
                 assert!(!matches!(
                     e,
-                    BuildEvent::Started(thaw_registry::Step::Snapshot)
+                    BuildEvent::Started(thaw_builder::Step::Snapshot)
                 ))
             },
         )
@@ -265,7 +266,7 @@ async fn runner_refuses_tampered_artifacts_and_replaces_a_tampered_cache_file() 
     let outcome = builder.build(wasm.into(), &spec, |_| {}).await.unwrap();
     let artifact = outcome
         .manifest
-        .artifact_for(&thaw_artifact::profile::host_triple())
+        .artifact_for(&thaw_core::target::host_triple())
         .unwrap()
         .clone();
     let reference: Reference = "hello:v1".parse().unwrap();
@@ -289,7 +290,7 @@ async fn runner_refuses_tampered_artifacts_and_replaces_a_tampered_cache_file() 
     );
     assert_eq!(hello.text(), "hello from thaw\n");
     assert_eq!(
-        thaw_artifact::Digest::of(&std::fs::read(&cached).unwrap()),
+        thaw_core::Digest::of(&std::fs::read(&cached).unwrap()),
         artifact.blob.digest
     );
 
@@ -319,7 +320,7 @@ async fn loading_on_a_host_without_a_matching_artifact_names_both_sides() {
     let dir = tempfile::tempdir().unwrap();
     let store = ArtifactStore::open("memory://").unwrap();
     let builder = Builder::new(store.clone(), Compiler::new()).unwrap();
-    let host = thaw_artifact::profile::host_triple();
+    let host = thaw_core::target::host_triple();
     let other = if host == X86_64 { AARCH64 } else { X86_64 };
     let wasm = build_go("examples/hello", BuildMode::Auto);
     let outcome = builder

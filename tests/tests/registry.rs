@@ -7,15 +7,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use thaw_artifact::signing::{RegistryKey, TrustedKeys};
-use thaw_artifact::{ArtifactStore, Reference, TargetProfile};
-use thaw_client::api::{BuildResponse, BuildState, BuildStatus};
+use thaw_builder::Builder;
+use thaw_builder::thaw_compiler::Compiler;
 use thaw_client::{ClientError, PushRequest, RegistryClient};
+use thaw_core::api::{BuildResponse, BuildState, BuildStatus};
+use thaw_core::signing::{RegistryKey, TrustedKeys};
+use thaw_core::{Reference, TargetProfile};
 use thaw_gobuild::BuildMode;
-use thaw_registry::Builder;
-use thaw_registry::service::{Service, ServiceConfig, Tokens};
-use thaw_registry::thaw_compiler::Compiler;
+use thaw_registry::{Service, ServiceConfig, Tokens};
 use thaw_runner::{RunError, Runner, RunnerConfig};
+use thaw_store::ArtifactStore;
 use thaw_tests::{Response, build_go, request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -24,7 +25,7 @@ const TOKEN: &str = "test-push-token";
 
 struct Registry {
     base: String,
-    key: thaw_artifact::signing::PublicKey,
+    key: thaw_core::signing::PublicKey,
     store: ArtifactStore,
     stop: Option<oneshot::Sender<()>>,
 }
@@ -214,7 +215,7 @@ async fn push_pull_and_run_with_signed_manifests_and_a_cache_hit() {
     // A build written straight to the store, not by the registry, is
     // unsigned and refused.
     let builder = Builder::new(registry.store.clone(), Compiler::new()).unwrap();
-    let mut unsigned = thaw_registry::BuildRequest::new(vec![TargetProfile::host().unwrap()]);
+    let mut unsigned = thaw_builder::BuildRequest::new(vec![TargetProfile::host().unwrap()]);
     unsigned.tag = Some("sneaky:v1".parse().unwrap());
     builder
         .build(
@@ -347,10 +348,7 @@ async fn bad_requests_get_specific_errors_and_the_registry_keeps_serving() {
     assert_eq!(tag.status(), 404);
     assert!(error_of(tag).await.contains("nope:v9"));
     let manifest = registry
-        .get(&format!(
-            "/v1/manifests/{}",
-            thaw_artifact::Digest::of(b"x")
-        ))
+        .get(&format!("/v1/manifests/{}", thaw_core::Digest::of(b"x")))
         .await;
     assert_eq!(manifest.status(), 404);
     assert_eq!(registry.get("/v1/blobs/sha256:zz").await.status(), 400);

@@ -4,12 +4,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use thaw_artifact::{ArtifactStore, Reference, TargetProfile};
+use thaw_builder::thaw_compiler::Compiler;
+use thaw_builder::{BuildRequest, Builder};
+use thaw_core::{Reference, TargetProfile};
 use thaw_gobuild::BuildMode;
-use thaw_registry::thaw_compiler::Compiler;
-use thaw_registry::{BuildRequest, Builder};
 use thaw_runner::http::App;
 use thaw_runner::{Runner, RunnerConfig, function_name};
+use thaw_store::ArtifactStore;
 use thaw_tests::build_go;
 use tokio::sync::oneshot;
 
@@ -65,7 +66,7 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address: SocketAddr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(thaw_runner::serve_until(listener, app, async {
+    tokio::spawn(thaw_http::serve(listener, app.router(), async {
         let _ = stopped.await;
     }));
     Server {
@@ -393,7 +394,7 @@ async fn an_sdk_function_built_as_a_command_serves_through_thaw_main() {
         )
         .await
         .unwrap();
-    assert_eq!(outcome.manifest.kind, thaw_artifact::ModuleKind::Command);
+    assert_eq!(outcome.manifest.kind, thaw_core::ModuleKind::Command);
     let server = serve(&store, &["hello"], |_| {}, 1 << 20).await;
     let response = reqwest::get(format!("{}/", server.base)).await.unwrap();
     assert_eq!(response.status(), 200);

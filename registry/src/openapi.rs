@@ -7,7 +7,7 @@ use serde_json::Value;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use thaw_client::api::{BuildResponse, BuildState, BuildStatus, ErrorBody, StepStatus, TagEntry};
+use thaw_core::api::{BuildResponse, BuildState, BuildStatus, ErrorBody, StepStatus, TagEntry};
 
 /// Where the document is served.
 pub const PATH: &str = "/openapi.json";
@@ -19,14 +19,14 @@ pub const PATH: &str = "/openapi.json";
         description = "Submit Go Wasm modules to build; pull signed manifests and verified blobs."
     ),
     paths(
-        super::builds::submit,
-        super::builds::status,
-        super::builds::events,
-        super::read::list_tags,
-        super::read::get_tag,
-        super::read::get_manifest,
-        super::read::get_blob,
-        super::read::head_blob,
+        crate::builds::submit,
+        crate::builds::status,
+        crate::builds::events,
+        crate::read::list_tags,
+        crate::read::get_tag,
+        crate::read::get_manifest,
+        crate::read::get_blob,
+        crate::read::head_blob,
     ),
     components(schemas(BuildResponse, BuildStatus, BuildState, StepStatus, TagEntry, ErrorBody)),
     modifiers(&BearerAuth)
@@ -50,7 +50,7 @@ pub fn document() -> Value {
     serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes")
 }
 
-pub(super) async fn serve() -> impl IntoResponse {
+pub(crate) async fn serve() -> impl IntoResponse {
     Json(document())
 }
 

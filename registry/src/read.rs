@@ -10,10 +10,10 @@ use axum::http::header::{
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use thaw_artifact::{Digest, TagRef};
-use thaw_client::api::{SIGNATURE_HEADER, TagEntry};
+use thaw_core::api::{SIGNATURE_HEADER, TagEntry};
+use thaw_core::{Digest, TagRef};
 
-use super::{ApiError, Service};
+use crate::{ApiError, Service};
 
 /// Content-addressed answers never change.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -47,8 +47,8 @@ pub async fn list_tags(State(service): State<Service>) -> Result<Response, ApiEr
     params(("reference" = String, Path, description = "`name:tag`, e.g. `hello:v1` or `team/api:prod`")),
     responses(
         (status = 200, description = "The tag", body = TagEntry),
-        (status = 400, description = "Not a `name:tag` reference", body = thaw_client::api::ErrorBody),
-        (status = 404, description = "No such tag (the message names it)", body = thaw_client::api::ErrorBody)))]
+        (status = 400, description = "Not a `name:tag` reference", body = thaw_core::api::ErrorBody),
+        (status = 404, description = "No such tag (the message names it)", body = thaw_core::api::ErrorBody)))]
 pub async fn get_tag(
     State(service): State<Service>,
     Path(reference): Path<String>,
@@ -70,7 +70,7 @@ pub async fn get_tag(
     params(("digest" = String, Path, description = "`sha256:<hex>`")),
     responses(
         (status = 200, description = "The manifest's exact bytes (JSON). Header `thaw-signature`: `ed25519:<key hex>:<signature hex>`; `ETag`: the digest", content_type = "application/json"),
-        (status = 404, description = "No such manifest", body = thaw_client::api::ErrorBody)))]
+        (status = 404, description = "No such manifest", body = thaw_core::api::ErrorBody)))]
 pub async fn get_manifest(
     State(service): State<Service>,
     Path(digest): Path<String>,
@@ -124,8 +124,8 @@ fn requested_range(headers: &HeaderMap, digest: &Digest) -> Option<(u64, Option<
     responses(
         (status = 200, description = "The whole blob, zstd-compressed. `ETag`: the digest; cached as immutable", content_type = "application/zstd"),
         (status = 206, description = "The requested range, with `Content-Range`", content_type = "application/zstd"),
-        (status = 404, description = "No such blob", body = thaw_client::api::ErrorBody),
-        (status = 416, description = "The range starts past the end", body = thaw_client::api::ErrorBody)))]
+        (status = 404, description = "No such blob", body = thaw_core::api::ErrorBody),
+        (status = 416, description = "The range starts past the end", body = thaw_core::api::ErrorBody)))]
 pub async fn get_blob(
     State(service): State<Service>,
     Path(digest): Path<String>,
@@ -138,7 +138,7 @@ pub async fn get_blob(
             let size = store
                 .stored_blob_size(&digest)
                 .await?
-                .ok_or_else(|| thaw_artifact::StoreError::NotFound(format!("blob {digest}")))?;
+                .ok_or_else(|| thaw_store::StoreError::NotFound(format!("blob {digest}")))?;
             let end = end.map_or(size, |end| end.saturating_add(1).min(size));
             if start >= end {
                 let mut response = ApiError::new(
@@ -208,7 +208,7 @@ pub async fn head_blob(
         .store()
         .stored_blob_size(&digest)
         .await?
-        .ok_or_else(|| thaw_artifact::StoreError::NotFound(format!("blob {digest}")))?;
+        .ok_or_else(|| thaw_store::StoreError::NotFound(format!("blob {digest}")))?;
     Ok((
         [
             (CONTENT_TYPE, HeaderValue::from_static("application/zstd")),

@@ -1,8 +1,9 @@
 //! The wire types of the registry's HTTP API, shared by the server and
-//! [`RegistryClient`](crate::RegistryClient). `docs/api.md` describes them.
+//! `thaw-client`. `docs/api.md` describes them.
 
 use serde::{Deserialize, Serialize};
-use thaw_artifact::{Digest, Manifest};
+
+use crate::{Digest, Manifest};
 
 /// The response header carrying a manifest's signature,
 /// `ed25519:<key hex>:<signature hex>`.

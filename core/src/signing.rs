@@ -8,8 +8,8 @@
 //! not verify.
 //!
 //! ```
-//! use thaw_artifact::Digest;
-//! use thaw_artifact::signing::{RegistryKey, TrustedKeys};
+//! use thaw_core::Digest;
+//! use thaw_core::signing::{RegistryKey, TrustedKeys};
 //!
 //! let key = RegistryKey::generate();
 //! let digest = Digest::of(b"{\"schema\":1}");

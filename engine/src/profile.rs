@@ -11,111 +11,6 @@ use std::time::Duration;
 
 use wasmtime::{Config, Engine, WasmFeatures};
 
-/// A compilation target: a triple plus the exact Cranelift ISA flags.
-///
-/// Flags are explicit so that an artifact never silently requires the build
-/// host's CPU features.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TargetProfile {
-    /// What users type (`--target`). A baseline profile is named by its
-    /// triple; a profile for newer CPUs of the same triple has its own name.
-    pub name: &'static str,
-    /// The target triple.
-    pub triple: &'static str,
-    /// Cranelift ISA flags enabled on top of the architecture's baseline.
-    pub isa_flags: &'static [&'static str],
-    /// What hardware this runs on, for humans.
-    pub description: &'static str,
-}
-
-/// The targets thaw builds for.
-pub const TARGETS: &[TargetProfile] = &[
-    TargetProfile {
-        name: "x86_64-unknown-linux-gnu",
-        triple: "x86_64-unknown-linux-gnu",
-        // x86-64-v2: every x86-64 server CPU since Nehalem (2008) has these,
-        // and Cranelift's SIMD lowering leans on SSE4.1.
-        isa_flags: &[
-            "has_sse3",
-            "has_ssse3",
-            "has_cmpxchg16b",
-            "has_sse41",
-            "has_sse42",
-            "has_popcnt",
-        ],
-        description: "x86-64-v2 (SSE4.2, POPCNT): any x86-64 CPU since 2008",
-    },
-    TargetProfile {
-        name: "x86_64-v3",
-        triple: "x86_64-unknown-linux-gnu",
-        // x86-64-v3 as far as Cranelift has flags for it: AVX2, FMA, BMI1/2
-        // and LZCNT on top of v2. Opt-in; a runner uses it only on CPUs that
-        // have every flag, and falls back to the baseline otherwise.
-        isa_flags: &[
-            "has_sse3",
-            "has_ssse3",
-            "has_cmpxchg16b",
-            "has_sse41",
-            "has_sse42",
-            "has_popcnt",
-            "has_avx",
-            "has_avx2",
-            "has_fma",
-            "has_bmi1",
-            "has_bmi2",
-            "has_lzcnt",
-        ],
-        description: "x86-64-v3 (AVX2, FMA, BMI2): Haswell (2013), Zen and newer",
-    },
-    TargetProfile {
-        name: "aarch64-unknown-linux-gnu",
-        triple: "aarch64-unknown-linux-gnu",
-        isa_flags: &[],
-        description: "ARMv8.0-A baseline: Graviton, Ampere, Raspberry Pi 4 and newer",
-    },
-];
-
-/// A target triple thaw has no profile for.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "unsupported target {name:?}; supported targets: {}",
-    supported_names()
-)]
-pub struct UnsupportedTarget {
-    /// The requested name.
-    pub name: String,
-}
-
-fn supported_names() -> String {
-    TARGETS
-        .iter()
-        .map(|t| t.name)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-impl TargetProfile {
-    /// The profile called `name` (a baseline's name is its triple).
-    pub fn by_name(name: &str) -> Result<&'static TargetProfile, UnsupportedTarget> {
-        TARGETS
-            .iter()
-            .find(|t| t.name == name)
-            .ok_or_else(|| UnsupportedTarget {
-                name: name.to_string(),
-            })
-    }
-
-    /// The baseline profile for the machine this process runs on.
-    pub fn host() -> Result<&'static TargetProfile, UnsupportedTarget> {
-        Self::by_name(&host_triple())
-    }
-}
-
-/// The triple of the machine this process runs on.
-pub fn host_triple() -> String {
-    target_lexicon::HOST.to_string()
-}
-
 /// Linear memory reserved per instance. With 32-bit Wasm and this plus the
 /// guard, bounds checks are elided and memory never moves.
 pub const MEMORY_RESERVATION: u64 = 4 << 30;
@@ -261,7 +156,7 @@ pub fn wasmtime_cli_args(timeout: Duration) -> Vec<String> {
 /// The version of wasmtime compiled into this binary.
 pub const WASMTIME_VERSION: &str = "48.0.8";
 
-/// How often [`EpochTicker`] advances the epoch. Deadlines are counted in
+/// How often [`EpochTicker`] advances the epoch. Deadlines are checked at
 /// these ticks, so a deadline is accurate to about one tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -289,30 +184,9 @@ impl EpochTicker {
     }
 }
 
-/// Converts a deadline into epoch ticks.
-pub fn deadline_ticks(deadline: Duration) -> u64 {
-    // Rounded up, plus one: the first tick comes at an arbitrary point of
-    // the current period, so this never fires before `deadline`.
-    deadline.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_target_is_found_by_its_triple() {
-        for t in TARGETS {
-            assert_eq!(TargetProfile::by_name(t.name).unwrap(), t);
-        }
-        let v3 = TargetProfile::by_name("x86_64-v3").unwrap();
-        assert_eq!(v3.triple, "x86_64-unknown-linux-gnu");
-        let err = TargetProfile::by_name("riscv64gc-unknown-linux-gnu").unwrap_err();
-        assert!(
-            err.to_string().contains("aarch64-unknown-linux-gnu"),
-            "{err}"
-        );
-    }
 
     #[test]
     fn the_profile_builds_an_engine() {
@@ -336,12 +210,5 @@ mod tests {
         ] {
             assert!(args.contains(expected), "{expected} missing from {args}");
         }
-    }
-
-    #[test]
-    fn deadlines_round_to_ticks() {
-        assert_eq!(deadline_ticks(Duration::from_millis(1)), 2);
-        assert_eq!(deadline_ticks(Duration::from_millis(15)), 3);
-        assert_eq!(deadline_ticks(Duration::from_secs(1)), 101);
     }
 }

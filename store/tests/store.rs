@@ -3,10 +3,11 @@ use std::sync::Arc;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use thaw_artifact::{
-    Artifact, ArtifactStore, BlobRef, BuildInfo, Digest, MANIFEST_SCHEMA, Manifest, ModuleKind,
-    Reference, StoreError, TagRef,
+use thaw_core::{
+    Artifact, BlobError, BlobRef, BuildInfo, Digest, MANIFEST_SCHEMA, Manifest, ModuleKind,
+    Reference, TagRef,
 };
+use thaw_store::{ArtifactStore, StoreError};
 
 fn manifest_for(source: &BlobRef) -> Manifest {
     Manifest {
@@ -68,7 +69,10 @@ async fn tampered_blob_is_refused() {
         .await
         .unwrap();
     let err = store.get_blob(&blob).await.unwrap_err();
-    assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::Blob(BlobError::Mismatch { .. })),
+        "{err}"
+    );
     let problems = store.check_integrity().await.unwrap();
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].contains(&blob.digest.hex()), "{problems:?}");
@@ -84,7 +88,10 @@ async fn tampered_blob_is_refused() {
         .await
         .unwrap();
     let err = store.get_blob(&blob).await.unwrap_err();
-    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::Blob(BlobError::Undecodable { .. })),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -61,6 +61,51 @@ pub struct BlobRef {
     pub compressed_size: u64,
 }
 
+impl BlobRef {
+    /// Decompresses a blob's stored (zstd) bytes and verifies them against
+    /// this reference. Decompression stops at `size` bytes, so a forged
+    /// blob cannot expand without bound; bytes that fail are never
+    /// returned.
+    pub fn decode(&self, compressed: &[u8]) -> Result<bytes::Bytes, BlobError> {
+        let bytes = zstd::bulk::decompress(compressed, self.size as usize).map_err(|source| {
+            BlobError::Undecodable {
+                digest: self.digest,
+                source,
+            }
+        })?;
+        let actual = Digest::of(&bytes);
+        if actual != self.digest || bytes.len() as u64 != self.size {
+            return Err(BlobError::Mismatch {
+                expected: self.digest,
+                actual,
+            });
+        }
+        Ok(bytes.into())
+    }
+}
+
+/// Why stored blob bytes were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// They are not zstd, or decode to more than the blob's size.
+    #[error("blob {digest} is corrupt: it does not decode to its size")]
+    Undecodable {
+        /// The blob.
+        digest: Digest,
+        /// What zstd said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// They decode to other bytes: tampering or corruption.
+    #[error("blob {expected} failed verification: its bytes hash to {actual}")]
+    Mismatch {
+        /// The digest asked for.
+        expected: Digest,
+        /// The digest of the bytes found.
+        actual: Digest,
+    },
+}
+
 /// A precompiled module for one target.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Artifact {
@@ -109,6 +154,15 @@ pub struct StepTiming {
 /// Errors reading a manifest.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
+    /// The bytes do not hash to the digest they were asked for by:
+    /// tampering or corruption.
+    #[error("manifest {expected} failed verification: its bytes hash to {actual}")]
+    Mismatch {
+        /// The digest asked for.
+        expected: Digest,
+        /// The digest of the bytes found.
+        actual: Digest,
+    },
     /// Not JSON of the manifest shape.
     #[error("malformed manifest: {0}")]
     Malformed(#[from] serde_json::Error),
@@ -118,6 +172,19 @@ pub enum ManifestError {
         /// The schema in the manifest.
         found: u32,
     },
+}
+
+/// Checks that `bytes` hash to `digest`, the manifest digest they were
+/// fetched by.
+pub fn verify_manifest_bytes(digest: &Digest, bytes: &[u8]) -> Result<(), ManifestError> {
+    let actual = Digest::of(bytes);
+    if actual != *digest {
+        return Err(ManifestError::Mismatch {
+            expected: *digest,
+            actual,
+        });
+    }
+    Ok(())
 }
 
 impl Manifest {
@@ -139,6 +206,13 @@ impl Manifest {
             return Err(ManifestError::UnsupportedSchema { found: schema });
         }
         Ok(serde_json::from_slice(bytes)?)
+    }
+
+    /// Checks that `bytes` are the manifest stored under `digest`, then
+    /// parses them.
+    pub fn from_verified_bytes(digest: &Digest, bytes: &[u8]) -> Result<Self, ManifestError> {
+        verify_manifest_bytes(digest, bytes)?;
+        Self::from_bytes(bytes)
     }
 
     /// The digest the manifest is stored under.

@@ -86,7 +86,27 @@ impl TagRef {
     pub fn tag(&self) -> &str {
         &self.tag
     }
+
+    /// Where this tag lives in a store, or in a runner's manifest cache:
+    /// `tags/<name>/_tag/<tag>`, a relative `/`-separated key.
+    pub fn storage_key(&self) -> String {
+        format!("{TAGS_PREFIX}{}{TAG_SEPARATOR}{}", self.name, self.tag)
+    }
+
+    /// The tag stored under `key`, if `key` is one [`TagRef::storage_key`]
+    /// writes.
+    pub fn from_storage_key(key: &str) -> Option<Self> {
+        let (name, tag) = key.strip_prefix(TAGS_PREFIX)?.rsplit_once(TAG_SEPARATOR)?;
+        TagRef::new(name, tag).ok()
+    }
 }
+
+/// The folder of tags in a store's key space.
+pub const TAGS_PREFIX: &str = "tags/";
+
+/// Between a name and its tag in a key. Name segments start with a letter
+/// or digit, so `_tag` can never be one: `a:b` and `a/b:v1` cannot collide.
+const TAG_SEPARATOR: &str = "/_tag/";
 
 impl fmt::Display for TagRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -160,5 +180,18 @@ mod tests {
         ] {
             assert!(bad.parse::<Reference>().is_err(), "{bad:?} parsed");
         }
+    }
+
+    #[test]
+    fn storage_keys_round_trip_and_never_collide() {
+        let plain: TagRef = "a:b".parse().unwrap();
+        let nested: TagRef = "a/b:v1".parse().unwrap();
+        assert_eq!(plain.storage_key(), "tags/a/_tag/b");
+        assert_ne!(plain.storage_key(), nested.storage_key());
+        for tag in [plain, nested] {
+            assert_eq!(TagRef::from_storage_key(&tag.storage_key()), Some(tag));
+        }
+        assert_eq!(TagRef::from_storage_key("tags/a/b"), None);
+        assert_eq!(TagRef::from_storage_key("blobs/a/_tag/b"), None);
     }
 }

@@ -1,4 +1,6 @@
-//! The content-addressed store, over any [`object_store`] backend.
+//! The content-addressed store of builds, over any [`object_store`]
+//! backend: a local directory, memory, or (with the `s3` feature) an
+//! S3-compatible bucket.
 //!
 //! Layout (every key is written atomically, in this order, so a reader never
 //! finds a reference to missing or partial data):
@@ -10,12 +12,25 @@
 //! | `build-cache/<hex>` | the manifest digest built for build-cache key `<hex>` |
 //! | `tags/<name>/_tag/<tag>` | the manifest digest `name:tag` points at |
 //! | `signatures/sha256/<hex>` | the registry's signature of manifest `<hex>` |
-//! | `builds/<hex>` | the registry's record of build `<hex>` (JSON) |
-//! | `leases/<hex>` | which registry process holds build `<hex>` (JSON) |
+//! | `records/<kind>/<hex>` | small mutable records of a service (the registry keeps build records and leases), never read as trusted data |
 //!
 //! `s3://bucket` opens an S3-compatible bucket configured by the standard
 //! AWS environment variables (`AWS_ENDPOINT`, `AWS_REGION`,
 //! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP`, ...).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use thaw_core::Digest;
+//! use thaw_store::ArtifactStore;
+//!
+//! let store = ArtifactStore::open("memory://").unwrap();
+//! let blob = store.put_blob(b"hello".to_vec().into()).await.unwrap();
+//! assert_eq!(blob.digest, Digest::of(b"hello"));
+//! assert_eq!(&store.get_blob(&blob).await.unwrap()[..], b"hello");
+//! # }
+//! ```
+
+#![warn(missing_docs)]
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -29,8 +44,10 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
-use crate::signing::ManifestSignature;
-use crate::{BlobRef, Digest, Manifest, ManifestError, Reference, TagRef};
+use thaw_core::signing::{ManifestSignature, SignatureError};
+use thaw_core::{
+    BlobError, BlobRef, Digest, Manifest, ManifestError, Reference, TagRef, verify_manifest_bytes,
+};
 
 /// How long one S3 request may keep retrying before it fails. A build
 /// whose bucket is down fails after this rather than hanging; override with
@@ -50,18 +67,12 @@ pub enum StoreError {
     /// A tag, manifest or blob that does not exist.
     #[error("{0} not found")]
     NotFound(String),
-    /// Stored bytes whose digest is not the one they are stored under:
-    /// tampering or corruption. They are never returned.
-    #[error("{what} failed verification: expected {expected}, got {actual}")]
-    DigestMismatch {
-        /// What was read.
-        what: String,
-        /// The digest asked for.
-        expected: Digest,
-        /// The digest of the bytes found.
-        actual: Digest,
-    },
-    /// Stored bytes that cannot be decoded.
+    /// A blob's stored bytes failed verification (tampering or
+    /// corruption). They are never returned.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    /// A small stored object (a tag, a signature, a record) that cannot be
+    /// decoded.
     #[error("{what} is corrupt: {reason}")]
     Corrupt {
         /// What was read.
@@ -69,7 +80,16 @@ pub enum StoreError {
         /// Why it could not be decoded.
         reason: String,
     },
-    /// A malformed manifest.
+    /// zstd refused to compress a blob.
+    #[error("compressing blob {digest}")]
+    Compress {
+        /// The blob.
+        digest: Digest,
+        /// What zstd said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A malformed manifest, or one that failed verification.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     /// A store location that cannot be opened.
@@ -141,11 +161,12 @@ impl ArtifactStore {
         match location {
             Some(location) => Self::open(location),
             None => {
-                let location =
-                    crate::paths::default_store().ok_or_else(|| StoreError::InvalidLocation {
+                let location = thaw_core::paths::default_store().ok_or_else(|| {
+                    StoreError::InvalidLocation {
                         location: String::new(),
                         reason: "no data directory: set THAW_HOME or pass --store".into(),
-                    })?;
+                    }
+                })?;
                 Self::open(&location)
             }
         }
@@ -219,10 +240,7 @@ impl ArtifactStore {
         let compressed = tokio::task::spawn_blocking(move || zstd::bulk::compress(&bytes, level))
             .await
             .expect("compression does not panic")
-            .map_err(|e| StoreError::Corrupt {
-                what: format!("blob {digest}"),
-                reason: format!("compressing: {e}"),
-            })?;
+            .map_err(|source| StoreError::Compress { digest, source })?;
         let compressed_size = compressed.len() as u64;
         self.objects
             .put(&path, PutPayload::from(compressed))
@@ -239,9 +257,11 @@ impl ArtifactStore {
     pub async fn get_blob(&self, blob: &BlobRef) -> Result<Bytes, StoreError> {
         let compressed = self.get_blob_compressed(&blob.digest).await?;
         let expected = blob.clone();
-        tokio::task::spawn_blocking(move || decode_blob(&compressed, &expected))
-            .await
-            .expect("decompression does not panic")
+        Ok(
+            tokio::task::spawn_blocking(move || expected.decode(&compressed))
+                .await
+                .expect("decompression does not panic")?,
+        )
     }
 
     /// The stored (zstd) bytes of a blob, unverified: private, so that no
@@ -258,7 +278,7 @@ impl ArtifactStore {
 
     /// The stored (zstd) bytes of a blob, or a byte range of them, as a
     /// stream, with the stored size. Unverified: for serving to clients that
-    /// verify what they decode ([`decode_blob`]).
+    /// verify what they decode ([`BlobRef::decode`]).
     pub async fn stored_blob(
         &self,
         digest: &Digest,
@@ -296,7 +316,7 @@ impl ArtifactStore {
     ) -> Result<(), StoreError> {
         let expected = blob.clone();
         let check = compressed.clone();
-        tokio::task::spawn_blocking(move || decode_blob(&check, &expected))
+        tokio::task::spawn_blocking(move || expected.decode(&check))
             .await
             .expect("decompression does not panic")?;
         if !self.has_blob(&blob.digest).await? {
@@ -335,16 +355,10 @@ impl ArtifactStore {
 
     /// The stored bytes of a manifest, verified against its digest.
     pub async fn get_manifest_bytes(&self, digest: &Digest) -> Result<Bytes, StoreError> {
-        let what = || format!("manifest {digest}");
-        let bytes = self.read(&manifest_path(digest), what).await?;
-        let actual = Digest::of(&bytes);
-        if actual != *digest {
-            return Err(StoreError::DigestMismatch {
-                what: what(),
-                expected: *digest,
-                actual,
-            });
-        }
+        let bytes = self
+            .read(&manifest_path(digest), || format!("manifest {digest}"))
+            .await?;
+        verify_manifest_bytes(digest, &bytes)?;
         Ok(bytes)
     }
 
@@ -372,10 +386,7 @@ impl ArtifactStore {
         match self.read(&signature_path(manifest), what).await {
             Ok(bytes) => std::str::from_utf8(&bytes)
                 .map_err(|e| e.to_string())
-                .and_then(|s| {
-                    s.parse()
-                        .map_err(|e: crate::signing::SignatureError| e.to_string())
-                })
+                .and_then(|s| s.parse().map_err(|e: SignatureError| e.to_string()))
                 .map(Some)
                 .map_err(|reason| StoreError::Corrupt {
                     what: what(),
@@ -386,11 +397,10 @@ impl ArtifactStore {
         }
     }
 
-    /// Writes a small record (a build record or a lease) under `kind/<id>`.
-    /// `kind` is [`Record::Build`] or [`Record::Lease`].
+    /// Writes a small record under `records/<kind>/<id>`.
     pub async fn put_record(
         &self,
-        kind: Record,
+        kind: RecordKind,
         id: &Digest,
         bytes: Bytes,
     ) -> Result<(), StoreError> {
@@ -405,7 +415,7 @@ impl ArtifactStore {
     /// R2), two processes racing get exactly one `Ok(true)`.
     pub async fn create_record(
         &self,
-        kind: Record,
+        kind: RecordKind,
         id: &Digest,
         bytes: Bytes,
     ) -> Result<bool, StoreError> {
@@ -425,8 +435,15 @@ impl ArtifactStore {
     }
 
     /// Reads a record, if present.
-    pub async fn get_record(&self, kind: Record, id: &Digest) -> Result<Option<Bytes>, StoreError> {
-        match self.read(&kind.path(id), || format!("{kind:?} {id}")).await {
+    pub async fn get_record(
+        &self,
+        kind: RecordKind,
+        id: &Digest,
+    ) -> Result<Option<Bytes>, StoreError> {
+        match self
+            .read(&kind.path(id), || format!("{} record {id}", kind.0))
+            .await
+        {
             Ok(bytes) => Ok(Some(bytes)),
             Err(StoreError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
@@ -434,7 +451,7 @@ impl ArtifactStore {
     }
 
     /// Removes a record; a missing one is not an error.
-    pub async fn delete_record(&self, kind: Record, id: &Digest) -> Result<(), StoreError> {
+    pub async fn delete_record(&self, kind: RecordKind, id: &Digest) -> Result<(), StoreError> {
         match self.objects.delete(&kind.path(id)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
@@ -471,21 +488,16 @@ impl ArtifactStore {
     pub async fn list_tags(&self) -> Result<Vec<(TagRef, Digest)>, StoreError> {
         let metas: Vec<_> = self
             .objects
-            .list(Some(&Path::from("tags")))
+            .list(Some(&Path::from(
+                thaw_core::TAGS_PREFIX.trim_end_matches('/'),
+            )))
             .try_collect()
             .await?;
         let mut tags = Vec::new();
         for meta in metas {
-            let key = meta.location.as_ref();
-            let Some(rest) = key.strip_prefix("tags/") else {
-                continue;
-            };
-            let Some((name, tag)) = rest.rsplit_once(TAG_SEPARATOR) else {
-                continue;
-            };
             // Keys that are not valid references were not written by thaw
             // (object_store leaves staging files behind only on crashes).
-            let Ok(tag) = TagRef::new(name, tag) else {
+            let Some(tag) = TagRef::from_storage_key(meta.location.as_ref()) else {
                 continue;
             };
             let digest = self.get_tag(&tag).await?;
@@ -572,10 +584,10 @@ impl ArtifactStore {
                 {
                     problems.push(format!("{key}: signs a missing manifest"));
                 }
-            } else if key.starts_with("builds/") || key.starts_with("leases/") {
-                // Records of the build service: they never point at data
-                // that a reader would trust.
-            } else if key.starts_with("tags/") || key.starts_with("build-cache/") {
+            } else if key.starts_with(RECORDS_PREFIX) {
+                // Records of a service: they never point at data that a
+                // reader would trust.
+            } else if key.starts_with(thaw_core::TAGS_PREFIX) || key.starts_with("build-cache/") {
                 let bytes = self.read(&meta.location, || key.clone()).await?;
                 match parse_digest_object(&bytes, || key.clone()) {
                     Ok(digest) if self.exists(&manifest_path(&digest)).await? => {}
@@ -616,46 +628,26 @@ pub struct StoredBlob {
     pub bytes: BoxStream<'static, Result<Bytes, StoreError>>,
 }
 
-/// The kinds of small mutable records the build service keeps in the store.
+/// Where services keep small mutable records.
+const RECORDS_PREFIX: &str = "records/";
+
+/// A kind of small mutable record a service keeps beside the builds (the
+/// registry's build records and leases), stored at `records/<kind>/<id>`.
+/// The store never follows a record to other data, so a record can never
+/// make a reader trust anything.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Record {
-    /// A build's status, at `builds/<id>`.
-    Build,
-    /// Which process holds a build, at `leases/<id>`.
-    Lease,
-}
+pub struct RecordKind(&'static str);
 
-impl Record {
+impl RecordKind {
+    /// Records kept in the folder `records/<name>/`. `name` must be one
+    /// lowercase key segment.
+    pub const fn new(name: &'static str) -> Self {
+        Self(name)
+    }
+
     fn path(self, id: &Digest) -> Path {
-        let dir = match self {
-            Record::Build => "builds",
-            Record::Lease => "leases",
-        };
-        Path::from(format!("{dir}/{}", id.hex()))
+        Path::from(format!("{RECORDS_PREFIX}{}/{}", self.0, id.hex()))
     }
-}
-
-/// Decompresses a stored blob and verifies it against `expected`.
-///
-/// Decompression is capped at the expected size, so a forged blob cannot
-/// expand without bound.
-pub fn decode_blob(compressed: &[u8], expected: &BlobRef) -> Result<Bytes, StoreError> {
-    let what = || format!("blob {}", expected.digest);
-    let bytes = zstd::bulk::decompress(compressed, expected.size as usize).map_err(|e| {
-        StoreError::Corrupt {
-            what: what(),
-            reason: format!("zstd: {e}"),
-        }
-    })?;
-    let actual = Digest::of(&bytes);
-    if actual != expected.digest || bytes.len() as u64 != expected.size {
-        return Err(StoreError::DigestMismatch {
-            what: what(),
-            expected: expected.digest,
-            actual,
-        });
-    }
-    Ok(Bytes::from(bytes))
 }
 
 fn parse_digest_object(bytes: &[u8], what: impl Fn() -> String) -> Result<Digest, StoreError> {
@@ -684,10 +676,6 @@ fn cache_path(key: &Digest) -> Path {
     Path::from(format!("build-cache/{}", key.hex()))
 }
 
-/// Between a name and its tag in a key. Name segments start with a letter
-/// or digit, so `_tag` can never be one: `a:b` and `a/b:v1` cannot collide.
-const TAG_SEPARATOR: &str = "/_tag/";
-
 fn tag_path(tag: &TagRef) -> Path {
-    Path::from(format!("tags/{}{TAG_SEPARATOR}{}", tag.name(), tag.tag()))
+    Path::from(tag.storage_key())
 }

@@ -16,21 +16,28 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use axum::http::header::{CONTENT_TYPE, LOCATION};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 use serde::{Deserialize, Serialize};
-use thaw_artifact::signing::TrustedKeys;
-use thaw_artifact::{Digest, Record, StoreError, TagRef, TargetProfile};
-use thaw_client::api::{BuildResponse, BuildState, BuildStatus, StepStatus};
+use thaw_builder::{BuildEvent, BuildRequest, PendingBuild};
+use thaw_core::api::{BuildResponse, BuildState, BuildStatus, StepStatus};
+use thaw_core::settings::parse_key_value;
+use thaw_core::signing::TrustedKeys;
+use thaw_core::{Digest, TagRef, TargetProfile};
+use thaw_store::{RecordKind, StoreError};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use super::{ApiError, Service, Shared};
-use crate::{BuildEvent, BuildRequest, build_key};
+use crate::{ApiError, Service, Shared};
+
+/// A build's status, for readers in any registry process.
+const BUILD_RECORDS: RecordKind = RecordKind::new("builds");
+/// Which registry process holds a build.
+const LEASES: RecordKind = RecordKind::new("leases");
 
 /// How often a follower re-reads a build record another process writes.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -43,8 +50,7 @@ struct LiveBuild {
 }
 
 struct Job {
-    wasm: Bytes,
-    request: BuildRequest,
+    build: PendingBuild,
     live: Arc<LiveBuild>,
 }
 
@@ -101,7 +107,7 @@ fn status_url(id: &Digest) -> String {
 fn response(
     status: StatusCode,
     build: BuildStatus,
-    manifest: Option<thaw_artifact::Manifest>,
+    manifest: Option<thaw_core::Manifest>,
 ) -> Response {
     let body = BuildResponse {
         status_url: status_url(&build.id),
@@ -135,15 +141,10 @@ impl Submission {
                         );
                     }
                 }
-                "init_env" => {
-                    let (k, v) = value
-                        .split_once('=')
-                        .filter(|(k, _)| !k.is_empty())
-                        .ok_or_else(|| {
-                            ApiError::bad_request(format!("init_env {value:?} is not KEY=VALUE"))
-                        })?;
-                    init_env.push((k.to_string(), v.to_string()));
-                }
+                "init_env" => init_env.push(
+                    parse_key_value(&value)
+                        .map_err(|e| ApiError::bad_request(format!("init_env: {e}")))?,
+                ),
                 other => {
                     return Err(ApiError::bad_request(format!(
                         "unknown parameter {other:?} (expected name, tag, targets, init_env)"
@@ -153,7 +154,7 @@ impl Submission {
         }
         let tag = match (name, tag) {
             (Some(name), tag) => Some(
-                TagRef::new(&name, tag.as_deref().unwrap_or(thaw_artifact::DEFAULT_TAG))
+                TagRef::new(&name, tag.as_deref().unwrap_or(thaw_core::DEFAULT_TAG))
                     .map_err(|e| ApiError::bad_request(e.to_string()))?,
             ),
             (None, Some(_)) => return Err(ApiError::bad_request("tag given without name")),
@@ -162,8 +163,6 @@ impl Submission {
         if targets.is_empty() {
             targets = defaults.to_vec();
         }
-        targets.sort_by_key(|t| t.name);
-        targets.dedup();
         Ok(Self {
             tag,
             targets,
@@ -189,31 +188,14 @@ fn check_submission(
 
 /// Reads the module, refusing more than `max` bytes with 413.
 async fn read_module(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the module is larger than the {max}-byte limit"),
-        )
-    };
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_large());
-    }
-    match axum::body::to_bytes(body, max).await {
+    match thaw_http::read_body(headers, body, max).await {
         Ok(bytes) if bytes.is_empty() => Err(ApiError::bad_request("the request body is empty")),
         Ok(bytes) => Ok(bytes),
-        Err(e) => {
-            let limit = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if limit {
-                Err(too_large())
-            } else {
-                Err(ApiError::bad_request(format!("reading the module: {e}")))
-            }
-        }
+        Err(thaw_http::BodyError::TooLarge { .. }) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the module is larger than the {max}-byte limit"),
+        )),
+        Err(e) => Err(ApiError::bad_request(thaw_core::error::chain(&e))),
     }
 }
 
@@ -228,11 +210,11 @@ async fn read_module(headers: &HeaderMap, body: Body, max: usize) -> Result<Byte
     responses(
         (status = 200, description = "Already built (cache hit): the manifest is included", body = BuildResponse),
         (status = 202, description = "Accepted; follow `status_url` or `events_url`", body = BuildResponse),
-        (status = 400, description = "Not a module thaw can build (the precise reason), or bad parameters", body = thaw_client::api::ErrorBody),
-        (status = 401, description = "Missing or invalid bearer token", body = thaw_client::api::ErrorBody),
-        (status = 413, description = "Larger than the module size limit", body = thaw_client::api::ErrorBody),
-        (status = 415, description = "Content-Type is not application/wasm", body = thaw_client::api::ErrorBody),
-        (status = 503, description = "The build queue is full, or the store is down; see `Retry-After`", body = thaw_client::api::ErrorBody)),
+        (status = 400, description = "Not a module thaw can build (the precise reason), or bad parameters", body = thaw_core::api::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = thaw_core::api::ErrorBody),
+        (status = 413, description = "Larger than the module size limit", body = thaw_core::api::ErrorBody),
+        (status = 415, description = "Content-Type is not application/wasm", body = thaw_core::api::ErrorBody),
+        (status = 503, description = "The build queue is full, or the store is down; see `Retry-After`", body = thaw_core::api::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn submit(
     State(service): State<Service>,
@@ -245,38 +227,43 @@ pub async fn submit(
     let submission = match checked {
         Ok(submission) => submission,
         Err(e) => {
-            super::discard_body(body, shared.config.max_module_bytes).await;
+            crate::discard_body(body, shared.config.max_module_bytes).await;
             return Err(e);
         }
     };
     let wasm = read_module(&headers, body, shared.config.max_module_bytes).await?;
 
-    let inspected = {
-        let service = service.clone();
-        let wasm = wasm.clone();
-        tokio::task::spawn_blocking(move || service.0.builder.inspect(&wasm))
-            .await
-            .expect("inspecting does not panic")
-    };
-    if let Err(e) = inspected {
-        shared.metrics.build("rejected");
-        return Err(ApiError::bad_request(e.to_string()));
-    }
-
     let mut snapshot = shared.config.snapshot.clone();
     snapshot.env = submission.init_env;
-    let mut request = BuildRequest {
+    let request = BuildRequest {
         targets: submission.targets,
         snapshot,
         tag: None,
-        reuse_cached: true,
     };
-    let id = build_key(&Digest::of(&wasm), &request);
+    let prepared = {
+        let service = service.clone();
+        tokio::task::spawn_blocking(move || {
+            let builder = &service.0.builder;
+            let mut build = builder.prepare(wasm, &request)?;
+            builder.inspect(&mut build)?;
+            Ok::<_, thaw_builder::BuildError>(build)
+        })
+        .await
+        .expect("inspecting does not panic")
+    };
+    let build = match prepared {
+        Ok(build) => build,
+        Err(e) => {
+            shared.metrics.build("rejected");
+            return Err(ApiError::bad_request(thaw_core::error::chain(&e)));
+        }
+    };
+    let id = *build.key();
     let now = now_ms() / 1000;
     let initial = BuildStatus {
         id,
         reference: submission.tag.as_ref().map(ToString::to_string),
-        targets: request.targets.iter().map(|t| t.name.to_string()).collect(),
+        targets: build.targets().iter().map(|t| t.name.to_string()).collect(),
         state: BuildState::Queued,
         steps: Vec::new(),
         submitted_at: now,
@@ -304,7 +291,9 @@ pub async fn submit(
     };
 
     let store = shared.builder.store();
-    if let Some(manifest_digest) = store.cached_build(&id).await.map_err(release)? {
+    if let Some(manifest_digest) = shared.builder.cached(&build).await.map_err(release)? {
+        // Built by someone else into this store (`thaw build`, or a
+        // registry with another key) is built again rather than signed.
         if signed_by_us(shared, &manifest_digest)
             .await
             .map_err(release)?
@@ -329,9 +318,6 @@ pub async fn submit(
             live.status.send_replace(status.clone());
             return Ok(response(StatusCode::OK, status, Some(manifest)));
         }
-        // Built by someone else into this store (`thaw build`, or a
-        // registry with another key): build it again rather than sign it.
-        request.reuse_cached = false;
     }
 
     if !acquire_lease(shared, &id).await.map_err(release)? {
@@ -346,8 +332,7 @@ pub async fn submit(
     }
 
     let job = Job {
-        wasm,
-        request,
+        build,
         live: live.clone(),
     };
     match shared.builds.queue.try_send(job) {
@@ -359,7 +344,7 @@ pub async fn submit(
         }
         Err(_) => {
             shared.builds.remove(&id);
-            let _ = store.delete_record(Record::Lease, &id).await;
+            let _ = store.delete_record(LEASES, &id).await;
             shared.metrics.build("rejected");
             Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -425,18 +410,15 @@ async fn set_tags(shared: &Shared, manifest: &Digest, tags: &[TagRef]) -> Result
 async fn acquire_lease(shared: &Shared, id: &Digest) -> Result<bool, StoreError> {
     let store = shared.builder.store();
     let lease = lease_bytes(shared);
-    if store
-        .create_record(Record::Lease, id, lease.clone())
-        .await?
-    {
+    if store.create_record(LEASES, id, lease.clone()).await? {
         return Ok(true);
     }
     if lease_is_live(shared, id).await? {
         return Ok(false);
     }
     // The holder died: clear its lease and race for a new one.
-    store.delete_record(Record::Lease, id).await?;
-    store.create_record(Record::Lease, id, lease).await
+    store.delete_record(LEASES, id).await?;
+    store.create_record(LEASES, id, lease).await
 }
 
 fn lease_bytes(shared: &Shared) -> Bytes {
@@ -448,7 +430,7 @@ fn lease_bytes(shared: &Shared) -> Bytes {
 }
 
 async fn lease_is_live(shared: &Shared, id: &Digest) -> Result<bool, StoreError> {
-    let bytes = shared.builder.store().get_record(Record::Lease, id).await?;
+    let bytes = shared.builder.store().get_record(LEASES, id).await?;
     Ok(bytes
         .and_then(|b| serde_json::from_slice::<Lease>(&b).ok())
         .is_some_and(|lease| lease.expires_at_ms > now_ms()))
@@ -461,7 +443,7 @@ async fn write_record(shared: &Shared, status: &BuildStatus) {
     if let Err(e) = shared
         .builder
         .store()
-        .put_record(Record::Build, &status.id, bytes.into())
+        .put_record(BUILD_RECORDS, &status.id, bytes.into())
         .await
     {
         tracing::warn!(build = %status.id, error = %e, "could not write the build record");
@@ -471,7 +453,7 @@ async fn write_record(shared: &Shared, status: &BuildStatus) {
 /// A build's status from its record in the store. A record that is not
 /// final while no live lease backs it belongs to a process that died.
 async fn stored_status(shared: &Shared, id: &Digest) -> Result<Option<BuildStatus>, StoreError> {
-    let Some(bytes) = shared.builder.store().get_record(Record::Build, id).await? else {
+    let Some(bytes) = shared.builder.store().get_record(BUILD_RECORDS, id).await? else {
         return Ok(None);
     };
     let mut status: BuildStatus =
@@ -576,12 +558,7 @@ async fn run_job(service: &Service, job: Job) {
             loop {
                 tokio::time::sleep(shared.config.lease_ttl / 3).await;
                 let lease = lease_bytes(shared);
-                if let Err(e) = shared
-                    .builder
-                    .store()
-                    .put_record(Record::Lease, &id, lease)
-                    .await
-                {
+                if let Err(e) = shared.builder.store().put_record(LEASES, &id, lease).await {
                     tracing::warn!(error = %e, "could not renew the build lease");
                 }
             }
@@ -589,7 +566,7 @@ async fn run_job(service: &Service, job: Job) {
     };
 
     let (events, mut received) = mpsc::unbounded_channel();
-    let build = shared.builder.build(job.wasm, &job.request, move |event| {
+    let build = shared.builder.run(job.build, move |event| {
         let _ = events.send(event);
     });
     tokio::pin!(build);
@@ -605,9 +582,7 @@ async fn run_job(service: &Service, job: Job) {
             shared
                 .metrics
                 .step_seconds
-                .get_or_create(&super::metrics::StepLabels {
-                    step: step_kind(&name),
-                })
+                .get_or_create(&crate::metrics::StepLabels { step: step.kind() })
                 .observe(elapsed.as_secs_f64());
             update(&|s| {
                 if let Some(entry) = s.steps.iter_mut().rev().find(|e| e.step == name) {
@@ -633,7 +608,7 @@ async fn run_job(service: &Service, job: Job) {
     let state = match result {
         Ok(outcome) => {
             let tags = live.tags.lock().unwrap().clone();
-            match publish(shared, &outcome.manifest_digest, &tags, !outcome.cache_hit).await {
+            match publish(shared, &outcome.manifest_digest, &tags, true).await {
                 Ok(_) => BuildState::Succeeded {
                     manifest: outcome.manifest_digest,
                     cache_hit: outcome.cache_hit,
@@ -644,7 +619,7 @@ async fn run_job(service: &Service, job: Job) {
             }
         }
         Err(e) => BuildState::Failed {
-            error: e.to_string(),
+            error: thaw_core::error::chain(&e),
         },
     };
     renewal.abort();
@@ -661,21 +636,10 @@ async fn run_job(service: &Service, job: Job) {
     }
     let last = update(&|s| s.state = state.clone());
     write_record(shared, &last).await;
-    if let Err(e) = shared
-        .builder
-        .store()
-        .delete_record(Record::Lease, &id)
-        .await
-    {
+    if let Err(e) = shared.builder.store().delete_record(LEASES, &id).await {
         tracing::warn!(error = %e, "could not release the build lease");
     }
     shared.builds.remove(&id);
-}
-
-/// The metric label of a step: `compile` without its target, so label
-/// cardinality stays fixed.
-fn step_kind(step: &str) -> String {
-    step.split_whitespace().next().unwrap_or(step).to_string()
 }
 
 /// A build's status.
@@ -683,7 +647,7 @@ fn step_kind(step: &str) -> String {
     params(("id" = String, Path, description = "The build id (`sha256:<hex>`)")),
     responses(
         (status = 200, description = "The build's status", body = BuildStatus),
-        (status = 404, description = "No such build", body = thaw_client::api::ErrorBody)))]
+        (status = 404, description = "No such build", body = thaw_core::api::ErrorBody)))]
 pub async fn status(
     State(service): State<Service>,
     Path(id): Path<String>,
@@ -712,7 +676,7 @@ async fn current_status(shared: &Shared, id: &Digest) -> Result<BuildStatus, Api
     params(("id" = String, Path, description = "The build id")),
     responses(
         (status = 200, description = "Server-Sent Events: a `status` event (a BuildStatus as JSON) now and at every change, ending after the final one", content_type = "text/event-stream"),
-        (status = 404, description = "No such build", body = thaw_client::api::ErrorBody)))]
+        (status = 404, description = "No such build", body = thaw_core::api::ErrorBody)))]
 pub async fn events(
     State(service): State<Service>,
     Path(id): Path<String>,

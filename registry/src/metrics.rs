@@ -14,7 +14,7 @@ pub struct OutcomeLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StepLabels {
-    pub step: String,
+    pub step: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -78,12 +78,9 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The Prometheus text exposition.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String does not fail");
-        out
+    /// The `/metrics` answer.
+    pub fn response(&self) -> axum::response::Response {
+        thaw_http::metrics_response(&self.registry)
     }
 
     pub fn build(&self, outcome: &'static str) {
