@@ -341,7 +341,10 @@ async fn run(command: Command) -> Result<u8> {
             store,
         } => export(&store.open()?, &reference, &target, part, &output).await?,
         Command::Fsck { store } => {
-            let problems = store.open()?.check_integrity().await?;
+            let problems = store
+                .open()?
+                .check_integrity(thaw_registry::RECORD_KINDS)
+                .await?;
             for problem in &problems {
                 println!("{problem}");
             }

@@ -37,6 +37,7 @@ use futures::StreamExt;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, ETAG, IF_RANGE, RANGE, RETRY_AFTER};
 use thaw_core::api::{ErrorBody, SIGNATURE_HEADER, TagEntry};
+use thaw_core::error::chain;
 use thaw_core::signing::{ManifestSignature, SignatureError, TrustedKeys};
 use thaw_core::{BlobError, BlobRef, Digest, Manifest, ManifestError, Reference, TagRef};
 
@@ -220,7 +221,7 @@ impl RegistryClient {
             Err(e) if e.is_unavailable() && self.cache_dir.is_some() => {
                 match self.resolve_cached(reference)? {
                     Some(found) => {
-                        tracing::warn!(%reference, error = %e, "registry unavailable; using the cached manifest");
+                        tracing::warn!(%reference, error = %chain(&e), "registry unavailable; using the cached manifest");
                         Ok(found)
                     }
                     None => Err(e),
@@ -327,7 +328,7 @@ impl RegistryClient {
             .retry(resume_backoff())
             .when(ClientError::is_unavailable)
             .notify(|e, wait| {
-                tracing::warn!(%url, ?wait, error = %e, "download interrupted; resuming");
+                tracing::warn!(%url, ?wait, error = %chain(e), "download interrupted; resuming");
             })
             .await?;
         let compressed = Bytes::from(buffer.into_inner());
@@ -463,8 +464,10 @@ mod cache {
         dir.join(tag.storage_key())
     }
 
+    /// Unsynced: a torn entry fails its re-verification and is refetched,
+    /// and every resolve writes here, on a runner's cold path.
     fn write(path: &Path, bytes: &[u8]) -> Result<(), ClientError> {
-        write_atomic(path, bytes, Durability::Synced).map_err(|source| ClientError::Cache {
+        write_atomic(path, bytes, Durability::Cached).map_err(|source| ClientError::Cache {
             path: path.to_path_buf(),
             source,
         })

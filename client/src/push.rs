@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use backon::{ConstantBuilder, Retryable};
 use bytes::Bytes;
-use eventsource_stream::Eventsource;
+use eventsource_stream::{EventStreamError, Eventsource};
 use futures::StreamExt;
 use reqwest::header::CONTENT_TYPE;
 use thaw_core::TagRef;
@@ -51,7 +51,7 @@ impl RegistryClient {
             {
                 Ok(()) => {}
                 Err(e) => {
-                    tracing::debug!(error = %e, "event stream ended; polling the build status");
+                    tracing::debug!(error = %thaw_core::error::chain(&e), "event stream ended; polling the build status");
                 }
             }
             let status_url = self.url(&accepted.status_url);
@@ -117,13 +117,16 @@ impl RegistryClient {
                 }
             )
         })
-        // Wait as long as the registry asks, within reason.
-        .adjust(|e, backoff| match e {
-            ClientError::Status {
-                retry_after: Some(wait),
-                ..
-            } => Some((*wait).min(MAX_QUEUE_WAIT)),
-            _ => backoff,
+        // Wait as long as the registry asks, within reason, but only while
+        // retries are left (`backoff` is `None` once they are spent).
+        .adjust(|e, backoff| {
+            backoff.map(|default| match e {
+                ClientError::Status {
+                    retry_after: Some(wait),
+                    ..
+                } => (*wait).min(MAX_QUEUE_WAIT),
+                _ => default,
+            })
         })
         .notify(|_, wait| {
             tracing::info!(?wait, "the registry's build queue is full; retrying");
@@ -141,9 +144,15 @@ impl RegistryClient {
         let response = self.send(url, self.get(url)).await?;
         let mut events = response.bytes_stream().eventsource();
         while let Some(event) = events.next().await {
-            let event = event.map_err(|e| ClientError::Protocol {
-                url: url.to_string(),
-                reason: format!("reading the event stream: {e}"),
+            let event = event.map_err(|e| match e {
+                EventStreamError::Transport(source) => ClientError::Transport {
+                    url: url.to_string(),
+                    source,
+                },
+                other => ClientError::Protocol {
+                    url: url.to_string(),
+                    reason: format!("reading the event stream: {other}"),
+                },
             })?;
             if event.data.is_empty() {
                 continue;

@@ -27,7 +27,7 @@ use bytes::Bytes;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnBodyChunk, DefaultOnEos, TraceLayer};
 use tracing::Span;
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets
@@ -124,22 +124,40 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     })
 }
 
+/// Reads and drops a request body that is being refused (at most `limit`
+/// bytes, for at most `within`), so that a client still sending it gets the
+/// answer instead of a reset connection.
+pub async fn discard_body(body: Body, limit: usize, within: Duration) {
+    use http_body_util::BodyExt;
+    let mut body = http_body_util::Limited::new(body, limit);
+    let _ = tokio::time::timeout(within, async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
+}
+
 /// The access-log layer [`access_log`] returns.
 pub type AccessLog = TraceLayer<
     SharedClassifier<ServerErrorsAsFailures>,
     fn(&Request<Body>) -> Span,
     (),
     fn(&Response<Body>, Duration, &Span),
+    DefaultOnBodyChunk,
+    DefaultOnEos,
+    (),
 >;
 
 /// The access-log layer: one `thaw::access` line per request with method,
-/// path without its query, status and duration. Headers and query strings
-/// are never logged, so tokens cannot leak into logs.
+/// path without its query, status and duration, in a `request` span that
+/// also holds whatever the handler logs. Headers and query strings are
+/// never logged, so tokens cannot leak into logs. Server errors get no
+/// line of their own: handlers log them with their cause.
 pub fn access_log() -> AccessLog {
     TraceLayer::new_for_http()
         .make_span_with(access_span as fn(&Request<Body>) -> Span)
         .on_request(())
         .on_response(access_line as fn(&Response<Body>, Duration, &Span))
+        .on_failure(())
 }
 
 fn access_span(request: &Request<Body>) -> Span {

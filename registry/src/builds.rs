@@ -25,6 +25,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use serde::{Deserialize, Serialize};
 use thaw_builder::{BuildEvent, BuildRequest, PendingBuild};
 use thaw_core::api::{BuildResponse, BuildState, BuildStatus, StepStatus};
+use thaw_core::error::chain;
 use thaw_core::settings::parse_key_value;
 use thaw_core::signing::TrustedKeys;
 use thaw_core::{Digest, TagRef, TargetProfile};
@@ -35,9 +36,9 @@ use tracing::Instrument;
 use crate::{ApiError, Service, Shared};
 
 /// A build's status, for readers in any registry process.
-const BUILD_RECORDS: RecordKind = RecordKind::new("builds");
+pub(crate) const BUILD_RECORDS: RecordKind = RecordKind::new("builds");
 /// Which registry process holds a build.
-const LEASES: RecordKind = RecordKind::new("leases");
+pub(crate) const LEASES: RecordKind = RecordKind::new("leases");
 
 /// How often a follower re-reads a build record another process writes.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -195,7 +196,7 @@ async fn read_module(headers: &HeaderMap, body: Body, max: usize) -> Result<Byte
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the module is larger than the {max}-byte limit"),
         )),
-        Err(e) => Err(ApiError::bad_request(thaw_core::error::chain(&e))),
+        Err(e) => Err(ApiError::bad_request(chain(&e))),
     }
 }
 
@@ -255,7 +256,7 @@ pub async fn submit(
         Ok(build) => build,
         Err(e) => {
             shared.metrics.build("rejected");
-            return Err(ApiError::bad_request(thaw_core::error::chain(&e)));
+            return Err(ApiError::bad_request(chain(&e)));
         }
     };
     let id = *build.key();
@@ -446,7 +447,7 @@ async fn write_record(shared: &Shared, status: &BuildStatus) {
         .put_record(BUILD_RECORDS, &status.id, bytes.into())
         .await
     {
-        tracing::warn!(build = %status.id, error = %e, "could not write the build record");
+        tracing::warn!(build = %status.id, error = %chain(&e), "could not write the build record");
     }
 }
 
@@ -492,7 +493,7 @@ async fn follow_remote(service: Service, id: Digest, live: Arc<LiveBuild>) {
                 break;
             }
             Err(e) => {
-                tracing::warn!(build = %id, error = %e, "following a remote build");
+                tracing::warn!(build = %id, error = %chain(&e), "following a remote build");
                 continue;
             }
         };
@@ -506,7 +507,7 @@ async fn follow_remote(service: Service, id: Digest, live: Arc<LiveBuild>) {
             BuildState::Succeeded { manifest, .. } => {
                 let tags = live.tags.lock().unwrap().clone();
                 if let Err(e) = publish(shared, &manifest, &tags, false).await {
-                    tracing::warn!(build = %id, error = %e, "tagging a remote build's result");
+                    tracing::warn!(build = %id, error = %chain(&e), "tagging a remote build's result");
                 }
                 break;
             }
@@ -559,7 +560,7 @@ async fn run_job(service: &Service, job: Job) {
                 tokio::time::sleep(shared.config.lease_ttl / 3).await;
                 let lease = lease_bytes(shared);
                 if let Err(e) = shared.builder.store().put_record(LEASES, &id, lease).await {
-                    tracing::warn!(error = %e, "could not renew the build lease");
+                    tracing::warn!(error = %chain(&e), "could not renew the build lease");
                 }
             }
         })
@@ -614,13 +615,11 @@ async fn run_job(service: &Service, job: Job) {
                     cache_hit: outcome.cache_hit,
                 },
                 Err(e) => BuildState::Failed {
-                    error: format!("publishing the build: {e}"),
+                    error: format!("publishing the build: {}", chain(&e)),
                 },
             }
         }
-        Err(e) => BuildState::Failed {
-            error: thaw_core::error::chain(&e),
-        },
+        Err(e) => BuildState::Failed { error: chain(&e) },
     };
     renewal.abort();
     match &state {
@@ -637,7 +636,7 @@ async fn run_job(service: &Service, job: Job) {
     let last = update(&|s| s.state = state.clone());
     write_record(shared, &last).await;
     if let Err(e) = shared.builder.store().delete_record(LEASES, &id).await {
-        tracing::warn!(error = %e, "could not release the build lease");
+        tracing::warn!(error = %chain(&e), "could not release the build lease");
     }
     shared.builds.remove(&id);
 }

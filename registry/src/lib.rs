@@ -45,6 +45,7 @@ use thaw_builder::Builder;
 use thaw_builder::thaw_snapshotter::SnapshotOptions;
 use thaw_core::TargetProfile;
 use thaw_core::api::ErrorBody;
+use thaw_core::error::chain;
 use thaw_core::signing::RegistryKey;
 use thaw_store::StoreError;
 
@@ -60,6 +61,10 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 8;
 pub const DEFAULT_WORKERS: usize = 1;
 /// Default [`ServiceConfig::lease_ttl`].
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+/// The kinds of record the registry keeps in its store, beside the builds:
+/// what a store check must expect to find there.
+pub const RECORD_KINDS: &[thaw_store::RecordKind] = &[builds::BUILD_RECORDS, builds::LEASES];
+
 /// The targets built when a submission names none.
 pub const DEFAULT_TARGETS: [&str; 2] = ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"];
 
@@ -228,17 +233,9 @@ async fn authorize(service: &Service, request: Request, next: Next) -> Response 
 /// How long a refused upload is read and thrown away before the answer.
 const DISCARD_TIME: Duration = Duration::from_secs(10);
 
-/// Reads and drops a request body that is being refused (at most `max`
-/// bytes, for at most ten seconds), so that a client still sending it gets
-/// the answer instead of a reset connection. A body declared larger than
-/// `max` is not read at all.
+/// Drops the body of a refused upload (see [`thaw_http::discard_body`]).
 async fn discard_body(body: axum::body::Body, max: usize) {
-    use http_body_util::BodyExt;
-    let mut body = http_body_util::Limited::new(body, max);
-    let _ = tokio::time::timeout(DISCARD_TIME, async {
-        while let Some(Ok(_)) = body.frame().await {}
-    })
-    .await;
+    thaw_http::discard_body(body, max, DISCARD_TIME).await;
 }
 
 /// An error answer: a status and a JSON [`ErrorBody`].
@@ -274,8 +271,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, e.to_string()),
-            StoreError::Backend(_) => Self::unavailable(format!("the store failed: {e}"), 5),
-            _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            StoreError::Backend(_) => {
+                Self::unavailable(format!("the store failed: {}", chain(&e)), 5)
+            }
+            _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, chain(&e)),
         }
     }
 }

@@ -62,7 +62,7 @@ pub fn markdown() -> String {
     out.push_str("# Registry HTTP API\n\n");
     out.push_str(
         "<!-- Generated from the OpenAPI document (`GET /openapi.json`) by \
-         `thaw_registry::service::openapi::markdown`. Do not edit: run \
+         `thaw_registry::openapi::markdown`. Do not edit: run \
          `THAW_UPDATE_DOCS=1 cargo test -p thaw-registry api_doc` instead. -->\n\n",
     );
     if let Some(description) = doc.pointer("/info/description").and_then(Value::as_str) {

@@ -426,7 +426,10 @@ fn run_error(app: &App, name: &str, e: RunError) -> Response {
         }
         _ => String::new(),
     };
-    tracing::warn!(function = %name, error = %e, guest_stderr = %stderr, "request failed");
+    tracing::warn!(
+        function = %name, error = %thaw_core::error::chain(&e), guest_stderr = %stderr,
+        "request failed"
+    );
     error(status, &reason)
 }
 

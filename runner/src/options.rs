@@ -1,5 +1,5 @@
 //! Command-line flags shared by `thaw-runner` and `thaw run`/`thaw up`
-//! (the `clap` feature), so every tunable has one flag, one default and one
+//! (the `cli` feature), so every tunable has one flag, one default and one
 //! env override. They only translate to the library's configuration; the
 //! library never parses arguments.
 

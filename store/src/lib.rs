@@ -12,7 +12,7 @@
 //! | `build-cache/<hex>` | the manifest digest built for build-cache key `<hex>` |
 //! | `tags/<name>/_tag/<tag>` | the manifest digest `name:tag` points at |
 //! | `signatures/sha256/<hex>` | the registry's signature of manifest `<hex>` |
-//! | `records/<kind>/<hex>` | small mutable records of a service (the registry keeps build records and leases), never read as trusted data |
+//! | `<kind>/<hex>` | a service's small mutable records ([`RecordKind`]; the registry keeps `builds/` and `leases/`), never read as trusted data |
 //!
 //! `s3://bucket` opens an S3-compatible bucket configured by the standard
 //! AWS environment variables (`AWS_ENDPOINT`, `AWS_REGION`,
@@ -101,7 +101,7 @@ pub enum StoreError {
         reason: String,
     },
     /// The backend failed.
-    #[error("object store error: {0}")]
+    #[error("object store error")]
     Backend(#[from] object_store::Error),
 }
 
@@ -397,7 +397,7 @@ impl ArtifactStore {
         }
     }
 
-    /// Writes a small record under `records/<kind>/<id>`.
+    /// Writes a small record under `<kind>/<id>`.
     pub async fn put_record(
         &self,
         kind: RecordKind,
@@ -547,8 +547,9 @@ impl ArtifactStore {
     /// Checks every invariant of the store and returns what is wrong (empty
     /// when healthy): each blob decodes to its digest, each manifest matches
     /// its digest and names only present blobs, each tag and build-cache
-    /// entry names a present manifest.
-    pub async fn check_integrity(&self) -> Result<Vec<String>, StoreError> {
+    /// entry names a present manifest. `records` are the kinds of service
+    /// record the store may also hold; any other key is reported.
+    pub async fn check_integrity(&self, records: &[RecordKind]) -> Result<Vec<String>, StoreError> {
         let objects: Vec<_> = self.objects.list(None).try_collect().await?;
         let mut problems = Vec::new();
         for meta in objects {
@@ -584,7 +585,7 @@ impl ArtifactStore {
                 {
                     problems.push(format!("{key}: signs a missing manifest"));
                 }
-            } else if key.starts_with(RECORDS_PREFIX) {
+            } else if records.iter().any(|kind| kind.holds(&key)) {
                 // Records of a service: they never point at data that a
                 // reader would trust.
             } else if key.starts_with(thaw_core::TAGS_PREFIX) || key.starts_with("build-cache/") {
@@ -628,26 +629,72 @@ pub struct StoredBlob {
     pub bytes: BoxStream<'static, Result<Bytes, StoreError>>,
 }
 
-/// Where services keep small mutable records.
-const RECORDS_PREFIX: &str = "records/";
-
 /// A kind of small mutable record a service keeps beside the builds (the
-/// registry's build records and leases), stored at `records/<kind>/<id>`.
-/// The store never follows a record to other data, so a record can never
-/// make a reader trust anything.
+/// registry's build records and leases), stored at `<name>/<id>`. The
+/// store never follows a record to other data, so a record can never make
+/// a reader trust anything.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordKind(&'static str);
 
 impl RecordKind {
-    /// Records kept in the folder `records/<name>/`. `name` must be one
-    /// lowercase key segment.
+    /// Records kept in the folder `<name>/`. `name` must be one segment of
+    /// lowercase ASCII letters, and not a folder of the store's own
+    /// (`blobs`, `manifests`, `signatures`, `tags`).
+    ///
+    /// # Panics
+    ///
+    /// If `name` breaks those rules (at compile time, for a `const`).
     pub const fn new(name: &'static str) -> Self {
+        let bytes = name.as_bytes();
+        assert!(!bytes.is_empty(), "a record kind needs a name");
+        let mut i = 0;
+        while i < bytes.len() {
+            assert!(
+                bytes[i].is_ascii_lowercase(),
+                "a record kind is lowercase letters"
+            );
+            i += 1;
+        }
+        let mut j = 0;
+        while j < CONTENT_FOLDERS.len() {
+            assert!(
+                !const_str_eq(name, CONTENT_FOLDERS[j]),
+                "a record kind cannot reuse a folder of the store"
+            );
+            j += 1;
+        }
         Self(name)
     }
 
     fn path(self, id: &Digest) -> Path {
-        Path::from(format!("{RECORDS_PREFIX}{}/{}", self.0, id.hex()))
+        Path::from(format!("{}/{}", self.0, id.hex()))
     }
+
+    /// Whether `key` is a record of this kind.
+    fn holds(self, key: &str) -> bool {
+        key.strip_prefix(self.0)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+    }
+}
+
+/// The folders of the store's own data that a record kind's name could
+/// collide with (`build-cache` cannot: record kinds have no `-`).
+const CONTENT_FOLDERS: [&str; 4] = ["blobs", "manifests", "signatures", "tags"];
+
+const fn const_str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 fn parse_digest_object(bytes: &[u8], what: impl Fn() -> String) -> Result<Digest, StoreError> {

@@ -7,7 +7,7 @@ use thaw_core::{
     Artifact, BlobError, BlobRef, BuildInfo, Digest, MANIFEST_SCHEMA, Manifest, ModuleKind,
     Reference, TagRef,
 };
-use thaw_store::{ArtifactStore, StoreError};
+use thaw_store::{ArtifactStore, RecordKind, StoreError};
 
 fn manifest_for(source: &BlobRef) -> Manifest {
     Manifest {
@@ -73,7 +73,7 @@ async fn tampered_blob_is_refused() {
         matches!(err, StoreError::Blob(BlobError::Mismatch { .. })),
         "{err}"
     );
-    let problems = store.check_integrity().await.unwrap();
+    let problems = store.check_integrity(&[]).await.unwrap();
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].contains(&blob.digest.hex()), "{problems:?}");
 
@@ -134,7 +134,10 @@ async fn manifests_tags_and_cache() {
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
 
-    assert_eq!(store.check_integrity().await.unwrap(), Vec::<String>::new());
+    assert_eq!(
+        store.check_integrity(&[]).await.unwrap(),
+        Vec::<String>::new()
+    );
 
     let key = Digest::of(b"cache key");
     assert_eq!(store.cached_build(&key).await.unwrap(), None);
@@ -182,4 +185,37 @@ async fn file_store_persists_across_opens() {
 fn unsupported_locations_are_named() {
     let err = ArtifactStore::open("ftp://x").unwrap_err();
     assert!(err.to_string().contains("\"ftp\""), "{err}");
+}
+
+#[tokio::test]
+async fn records_are_expected_only_of_the_kinds_a_service_declares() {
+    const BUILDS: RecordKind = RecordKind::new("builds");
+    let store = ArtifactStore::open("memory://").unwrap();
+    let id = Digest::of(b"build");
+    store
+        .put_record(BUILDS, &id, b"{}".to_vec().into())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_record(BUILDS, &id).await.unwrap().as_deref(),
+        Some(&b"{}"[..])
+    );
+    assert!(store.check_integrity(&[BUILDS]).await.unwrap().is_empty());
+    let problems = store.check_integrity(&[]).await.unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].starts_with("builds/"), "{problems:?}");
+    // Conditional create: one winner.
+    assert!(
+        !store
+            .create_record(BUILDS, &id, b"x".to_vec().into())
+            .await
+            .unwrap()
+    );
+    store.delete_record(BUILDS, &id).await.unwrap();
+    assert!(
+        store
+            .create_record(BUILDS, &id, b"x".to_vec().into())
+            .await
+            .unwrap()
+    );
 }

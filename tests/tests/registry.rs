@@ -48,14 +48,9 @@ impl Registry {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address: SocketAddr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            axum::serve(listener, service.router())
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
+        tokio::spawn(thaw_http::serve(listener, service.router(), async {
+            let _ = stopped.await;
+        }));
         Registry {
             base: format!("http://{address}"),
             key: public,
@@ -481,7 +476,10 @@ async fn identical_submissions_share_one_build_across_registry_processes() {
         "B built nothing:\n{b_metrics}"
     );
     assert_eq!(
-        store().check_integrity().await.unwrap(),
+        store()
+            .check_integrity(thaw_registry::RECORD_KINDS)
+            .await
+            .unwrap(),
         Vec::<String>::new()
     );
 }
@@ -518,6 +516,53 @@ async fn a_full_queue_answers_503_with_retry_after() {
         "{statuses:?}"
     );
     assert_eq!(registry.get("/healthz").await.status(), 200);
+}
+
+/// Regression: the push client honoured `Retry-After` in a way that also
+/// lifted its retry limit, so a registry that stays busy held `thaw push`
+/// forever. It must give up after its retries, with the registry's answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_to_a_registry_that_stays_busy_gives_up() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = attempts.clone();
+    let busy = axum::Router::new().route(
+        "/v1/builds",
+        axum::routing::post(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async {
+                (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    [("retry-after", "1")],
+                    r#"{"error":"the build queue is full"}"#,
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(thaw_http::serve(listener, busy, std::future::pending()));
+    let client = RegistryClient::new(&base, TrustedKeys::default())
+        .unwrap()
+        .with_token(Some(TOKEN.into()));
+    let pushed = tokio::time::timeout(
+        Duration::from_secs(60),
+        client.push(
+            Bytes::from_static(b"\0asm"),
+            &PushRequest::default(),
+            |_| {},
+        ),
+    )
+    .await
+    .expect("the push gave up within a minute");
+    let err = pushed.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Status { status: 503, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("queue is full"), "{err}");
+    // The first attempt and five retries, one second apart as asked.
+    assert_eq!(attempts.load(Ordering::SeqCst), 6);
 }
 
 /// A loopback proxy in front of the registry that cuts blob downloads
