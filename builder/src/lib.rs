@@ -66,6 +66,16 @@ pub enum BuildError {
     /// The host is not a supported target (the snapshotter runs on it).
     #[error(transparent)]
     UnsupportedHost(#[from] thaw_core::UnsupportedTarget),
+    /// A step panicked: a bug in thaw or in a library it drives (Wizer,
+    /// Cranelift, wasmparser), not necessarily in the module. The build
+    /// fails and stores nothing; the process goes on.
+    #[error("the {step} step crashed ({message}); this is a bug in thaw, please report it")]
+    Panicked {
+        /// The step (`inspect`, `snapshot`, `compile`).
+        step: &'static str,
+        /// The panic's message.
+        message: String,
+    },
 }
 
 /// A step of the pipeline, for progress reporting.
@@ -248,16 +258,23 @@ impl Builder {
     }
 
     /// Validates and classifies the module: the checks a build would fail
-    /// first, cheap enough to answer a submission with. CPU-bound (tens of
-    /// milliseconds for a large module); runs once per build, however
-    /// often it is called.
-    pub fn inspect<'a>(&self, build: &'a mut PendingBuild) -> Result<&'a ModuleInfo, BuildError> {
+    /// first, cheap enough to answer a submission with (tens of
+    /// milliseconds for a large module, on the blocking pool). Runs once
+    /// per build, however often it is called.
+    pub async fn inspect(&self, mut build: PendingBuild) -> Result<PendingBuild, BuildError> {
         if build.inspected.is_none() {
-            let started = Instant::now();
-            let info = self.snapshotter.inspect(&build.wasm)?;
-            build.inspected = Some((info, started.elapsed()));
+            let snapshotter = self.snapshotter.clone();
+            let wasm = build.wasm.clone();
+            let inspected = off_thread(Step::Inspect, move || {
+                let started = Instant::now();
+                snapshotter
+                    .inspect(&wasm)
+                    .map(|info| (info, started.elapsed()))
+            })
+            .await??;
+            build.inspected = Some(inspected);
         }
-        Ok(&build.inspected.as_ref().expect("inspected just above").0)
+        Ok(build)
     }
 
     /// The manifest stored for this build's key, if a complete one is.
@@ -297,7 +314,7 @@ impl Builder {
     /// the result in the build cache. Tags nothing.
     pub async fn run(
         &self,
-        mut build: PendingBuild,
+        build: PendingBuild,
         progress: impl Fn(BuildEvent) + Send + Sync + 'static,
     ) -> Result<BuildOutcome, BuildError> {
         let progress = Arc::new(progress);
@@ -310,8 +327,8 @@ impl Builder {
         // Inspect may have run before the build was queued; it is reported
         // here either way, so every build's record lists every step.
         timed.started(Step::Inspect);
-        let info = self.inspect(&mut build)?.clone();
-        let inspect_time = build.inspected.as_ref().map_or(Duration::ZERO, |i| i.1);
+        let build = self.inspect(build).await?;
+        let (info, inspect_time) = build.inspected.clone().expect("inspected just above");
         timed.finished(Step::Inspect, inspect_time);
 
         let snapshot = match info.kind {
@@ -324,11 +341,12 @@ impl Builder {
                 let runtime = tokio::runtime::Handle::current();
                 // Wizer compiles and runs guest code for seconds: keep it off
                 // the async workers so a service stays responsive.
-                let snapshot = tokio::task::spawn_blocking(move || {
+                let snapshot = off_thread(Step::Snapshot, move || {
+                    #[cfg(feature = "test-hooks")]
+                    test_hooks::panic_if_asked(&options, Step::Snapshot);
                     runtime.block_on(snapshotter.snapshot(&input, &info, &options))
                 })
-                .await
-                .expect("the snapshot task panicked")?;
+                .await??;
                 timed.finished(Step::Snapshot, started.elapsed());
                 Some(Bytes::from(snapshot.wasm))
             }
@@ -343,7 +361,11 @@ impl Builder {
         let compiler = self.compiler.clone();
         let compile_progress = progress.clone();
         let compile_targets = build.targets.clone();
-        let compiled = tokio::task::spawn_blocking(move || {
+        #[cfg(feature = "test-hooks")]
+        let hook_options = build.snapshot.clone();
+        let compiled = off_thread(Step::Compile(build.targets[0]), move || {
+            #[cfg(feature = "test-hooks")]
+            test_hooks::panic_if_asked(&hook_options, Step::Compile(compile_targets[0]));
             compiler.compile(&to_compile, &compile_targets, |artifact| {
                 compile_progress(BuildEvent::Finished(
                     Step::Compile(artifact.target),
@@ -351,8 +373,7 @@ impl Builder {
                 ))
             })
         })
-        .await
-        .expect("the compile task panicked")?;
+        .await??;
         let (hits, misses) = self.compiler.cache().stats();
         tracing::info!(
             hits = hits - hits_before,
@@ -412,6 +433,47 @@ impl Builder {
             manifest,
             cache_hit: false,
         })
+    }
+}
+
+/// Runs CPU-bound `work` of `step` on the blocking pool, so async workers
+/// stay responsive. A panic in it fails the build with
+/// [`BuildError::Panicked`] instead of taking down the caller.
+async fn off_thread<T: Send + 'static>(
+    step: Step,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, BuildError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| BuildError::Panicked {
+            step: step.kind(),
+            message: match e.try_into_panic() {
+                Ok(payload) => payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into()),
+                Err(e) => e.to_string(),
+            },
+        })
+}
+
+/// Faults the tests inject, behind the `test-hooks` feature that only test
+/// builds enable: a build whose init environment sets `THAW_TEST_PANIC` to
+/// a step's kind panics in that step, standing in for a bug in Wizer or
+/// Cranelift that no known module triggers.
+#[cfg(feature = "test-hooks")]
+mod test_hooks {
+    use super::*;
+
+    pub(crate) fn panic_if_asked(options: &SnapshotOptions, step: Step) {
+        let asked = options
+            .env
+            .iter()
+            .any(|(key, value)| key == "THAW_TEST_PANIC" && value == step.kind());
+        if asked {
+            panic!("injected by a test in the {} step", step.kind());
+        }
     }
 }
 

@@ -354,8 +354,15 @@ async fn run(command: Command) -> Result<u8> {
             eprintln!("store is consistent");
         }
         Command::Ls { store } => {
-            for (tag, digest) in store.open()?.list_tags().await? {
+            let listing = store.open()?.list_tags().await?;
+            for (tag, digest) in listing.tags {
                 println!("{tag}\t{digest}");
+            }
+            for (tag, e) in &listing.unreadable {
+                eprintln!(
+                    "warning: tag {tag} is unreadable: {}",
+                    thaw_core::error::chain(e)
+                );
             }
         }
     }

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +22,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures::FutureExt;
 use futures::stream::{self, BoxStream, StreamExt};
 use serde::{Deserialize, Serialize};
 use thaw_builder::{BuildEvent, BuildRequest, PendingBuild};
@@ -48,6 +50,17 @@ struct LiveBuild {
     status: watch::Sender<BuildStatus>,
     /// Tags to point at the result: every identical submission's.
     tags: Mutex<Vec<TagRef>>,
+}
+
+impl LiveBuild {
+    /// Changes the status (and its time) for every watcher; returns it.
+    fn update(&self, change: impl FnOnce(&mut BuildStatus)) -> BuildStatus {
+        self.status.send_modify(|status| {
+            change(status);
+            status.updated_at = now_ms() / 1000;
+        });
+        self.status.borrow().clone()
+    }
 }
 
 struct Job {
@@ -241,16 +254,9 @@ pub async fn submit(
         snapshot,
         tag: None,
     };
-    let prepared = {
-        let service = service.clone();
-        tokio::task::spawn_blocking(move || {
-            let builder = &service.0.builder;
-            let mut build = builder.prepare(wasm, &request)?;
-            builder.inspect(&mut build)?;
-            Ok::<_, thaw_builder::BuildError>(build)
-        })
-        .await
-        .expect("inspecting does not panic")
+    let prepared = match shared.builder.prepare(wasm, &request) {
+        Ok(build) => shared.builder.inspect(build).await,
+        Err(e) => Err(e),
     };
     let build = match prepared {
         Ok(build) => build,
@@ -538,21 +544,26 @@ pub(super) fn spawn_workers(service: &Service, jobs: Jobs) {
     }
 }
 
+/// Stops a task when dropped, unwinding included.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs one queued build to its end. Whatever happens inside, a panic
+/// included, the build gets a final record, its lease is released and its
+/// live entry cleared, so the worker goes on with the next job.
 async fn run_job(service: &Service, job: Job) {
     let shared = &service.0;
     let live = job.live;
     let id = live.status.borrow().id;
-    let update = |change: &dyn Fn(&mut BuildStatus)| {
-        live.status.send_modify(|status| {
-            change(status);
-            status.updated_at = now_ms() / 1000;
-        });
-        live.status.borrow().clone()
-    };
-    write_record(shared, &update(&|s| s.state = BuildState::Running)).await;
+    write_record(shared, &live.update(|s| s.state = BuildState::Running)).await;
     tracing::info!("build started");
 
-    let renewal = {
+    let renewal = AbortOnDrop({
         let service = service.clone();
         tokio::spawn(async move {
             let shared = &service.0;
@@ -564,15 +575,45 @@ async fn run_job(service: &Service, job: Job) {
                 }
             }
         })
-    };
+    });
+    let built = AssertUnwindSafe(build_and_publish(shared, job.build, &live))
+        .catch_unwind()
+        .await;
+    drop(renewal);
+    let state = built.unwrap_or_else(|_| BuildState::Failed {
+        error: "the registry crashed while running this build; this is a bug in thaw, please \
+                report it"
+            .into(),
+    });
+    match &state {
+        BuildState::Succeeded { manifest, .. } => {
+            shared.metrics.build("succeeded");
+            tracing::info!(%manifest, "build succeeded");
+        }
+        BuildState::Failed { error } => {
+            shared.metrics.build("failed");
+            tracing::warn!(%error, "build failed");
+        }
+        _ => {}
+    }
+    let last = live.update(|s| s.state = state);
+    write_record(shared, &last).await;
+    if let Err(e) = shared.builder.store().delete_record(LEASES, &id).await {
+        tracing::warn!(error = %chain(&e), "could not release the build lease");
+    }
+    shared.builds.remove(&id);
+}
 
+/// Builds, reporting every step to the live status and the build record,
+/// then signs the result and moves the tags: the build's final state.
+async fn build_and_publish(shared: &Shared, build: PendingBuild, live: &LiveBuild) -> BuildState {
     let (events, mut received) = mpsc::unbounded_channel();
-    let build = shared.builder.run(job.build, move |event| {
+    let build = shared.builder.run(build, move |event| {
         let _ = events.send(event);
     });
     tokio::pin!(build);
     let apply = |event: BuildEvent| match event {
-        BuildEvent::Started(step) => update(&|s| {
+        BuildEvent::Started(step) => live.update(|s| {
             s.steps.push(StepStatus {
                 step: step.to_string(),
                 millis: None,
@@ -585,7 +626,7 @@ async fn run_job(service: &Service, job: Job) {
                 .step_seconds
                 .get_or_create(&crate::metrics::StepLabels { step: step.kind() })
                 .observe(elapsed.as_secs_f64());
-            update(&|s| {
+            live.update(|s| {
                 if let Some(entry) = s.steps.iter_mut().rev().find(|e| e.step == name) {
                     entry.millis = Some(elapsed.as_millis() as u64);
                 }
@@ -605,8 +646,7 @@ async fn run_job(service: &Service, job: Job) {
     while let Ok(event) = received.try_recv() {
         apply(event);
     }
-
-    let state = match result {
+    match result {
         Ok(outcome) => {
             let tags = live.tags.lock().unwrap().clone();
             match publish(shared, &outcome.manifest_digest, &tags, true).await {
@@ -620,25 +660,7 @@ async fn run_job(service: &Service, job: Job) {
             }
         }
         Err(e) => BuildState::Failed { error: chain(&e) },
-    };
-    renewal.abort();
-    match &state {
-        BuildState::Succeeded { manifest, .. } => {
-            shared.metrics.build("succeeded");
-            tracing::info!(%manifest, "build succeeded");
-        }
-        BuildState::Failed { error } => {
-            shared.metrics.build("failed");
-            tracing::warn!(%error, "build failed");
-        }
-        _ => {}
     }
-    let last = update(&|s| s.state = state.clone());
-    write_record(shared, &last).await;
-    if let Err(e) = shared.builder.store().delete_record(LEASES, &id).await {
-        tracing::warn!(error = %chain(&e), "could not release the build lease");
-    }
-    shared.builds.remove(&id);
 }
 
 /// A build's status.

@@ -27,12 +27,17 @@ fn etag(digest: &Digest) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{digest}\"")).expect("digests are header-safe")
 }
 
-/// Every tag and the manifest it points at.
+/// Every tag and the manifest it points at. A tag whose object is corrupt
+/// is left out (and logged), so it hides no other.
 #[utoipa::path(get, path = "/v1/tags", tag = "read",
     responses((status = 200, description = "Every tag, sorted", body = [TagEntry])))]
 pub async fn list_tags(State(service): State<Service>) -> Result<Response, ApiError> {
-    let tags = service.0.builder.store().list_tags().await?;
-    let entries: Vec<TagEntry> = tags
+    let listing = service.0.builder.store().list_tags().await?;
+    for (tag, e) in &listing.unreadable {
+        tracing::warn!(%tag, error = %thaw_core::error::chain(e), "an unreadable tag left out of the list");
+    }
+    let entries: Vec<TagEntry> = listing
+        .tags
         .into_iter()
         .map(|(tag, manifest)| TagEntry {
             reference: tag.to_string(),

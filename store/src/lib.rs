@@ -484,8 +484,10 @@ impl ArtifactStore {
         Ok((digest, self.get_manifest(&digest).await?))
     }
 
-    /// Every tag, sorted.
-    pub async fn list_tags(&self) -> Result<Vec<(TagRef, Digest)>, StoreError> {
+    /// Every tag, sorted. A tag whose object cannot be read or decoded is
+    /// reported in [`TagListing::unreadable`] rather than failing the
+    /// listing, so one corrupt tag hides no other.
+    pub async fn list_tags(&self) -> Result<TagListing, StoreError> {
         let metas: Vec<_> = self
             .objects
             .list(Some(&Path::from(
@@ -493,18 +495,21 @@ impl ArtifactStore {
             )))
             .try_collect()
             .await?;
-        let mut tags = Vec::new();
+        let mut listing = TagListing::default();
         for meta in metas {
             // Keys that are not valid references were not written by thaw
             // (object_store leaves staging files behind only on crashes).
             let Some(tag) = TagRef::from_storage_key(meta.location.as_ref()) else {
                 continue;
             };
-            let digest = self.get_tag(&tag).await?;
-            tags.push((tag, digest));
+            match self.get_tag(&tag).await {
+                Ok(digest) => listing.tags.push((tag, digest)),
+                Err(StoreError::Backend(e)) => return Err(StoreError::Backend(e)),
+                Err(e) => listing.unreadable.push((tag, e)),
+            }
         }
-        tags.sort();
-        Ok(tags)
+        listing.tags.sort();
+        Ok(listing)
     }
 
     /// The manifest previously built for a build-cache key, if it is still
@@ -617,6 +622,15 @@ impl ArtifactStore {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Every tag of a store, as [`ArtifactStore::list_tags`] returns them.
+#[derive(Debug, Default)]
+pub struct TagListing {
+    /// Each tag and the manifest it points at, sorted.
+    pub tags: Vec<(TagRef, Digest)>,
+    /// Tags whose objects are corrupt or vanished while listing, with why.
+    pub unreadable: Vec<(TagRef, StoreError)>,
 }
 
 /// The stored bytes of a blob, as [`ArtifactStore::stored_blob`] returns them.

@@ -120,7 +120,7 @@ async fn manifests_tags_and_cache() {
         .await
         .unwrap();
     assert_eq!((resolved, &got), (digest, &manifest));
-    assert_eq!(store.list_tags().await.unwrap(), vec![(tag, digest)]);
+    assert_eq!(store.list_tags().await.unwrap().tags, vec![(tag, digest)]);
 
     let err = store
         .resolve(&"hello:v2".parse::<Reference>().unwrap())
@@ -158,7 +158,7 @@ async fn nested_names_do_not_collide_with_tags() {
     store.set_tag(&short, &digest).await.unwrap();
     store.set_tag(&nested, &digest).await.unwrap();
     assert_eq!(
-        store.list_tags().await.unwrap(),
+        store.list_tags().await.unwrap().tags,
         vec![(short, digest), (nested, digest)]
     );
 }
@@ -217,5 +217,33 @@ async fn records_are_expected_only_of_the_kinds_a_service_declares() {
             .create_record(BUILDS, &id, b"x".to_vec().into())
             .await
             .unwrap()
+    );
+}
+
+/// Regression: one corrupt tag object made every listing fail, so
+/// `GET /v1/tags` failed for every tenant.
+#[tokio::test]
+async fn a_corrupt_tag_is_reported_and_the_others_still_list() {
+    let objects = Arc::new(InMemory::new());
+    let store = ArtifactStore::new(objects.clone(), "memory://");
+    let blob = store.put_blob(b"module".to_vec().into()).await.unwrap();
+    let digest = store.put_manifest(&manifest_for(&blob)).await.unwrap();
+    let good: TagRef = "good:v1".parse().unwrap();
+    let bad: TagRef = "bad:v1".parse().unwrap();
+    store.set_tag(&good, &digest).await.unwrap();
+    objects
+        .put(
+            &Path::from(bad.storage_key()),
+            PutPayload::from_static(b"not a digest"),
+        )
+        .await
+        .unwrap();
+    let listing = store.list_tags().await.unwrap();
+    assert_eq!(listing.tags, vec![(good, digest)]);
+    assert_eq!(listing.unreadable.len(), 1, "{listing:?}");
+    assert_eq!(listing.unreadable[0].0, bad);
+    assert!(
+        matches!(listing.unreadable[0].1, StoreError::Corrupt { .. }),
+        "{listing:?}"
     );
 }

@@ -518,6 +518,56 @@ async fn a_full_queue_answers_503_with_retry_after() {
     assert_eq!(registry.get("/healthz").await.status(), 200);
 }
 
+/// Regression: a panic inside a build (Wizer, Cranelift or wasmparser)
+/// killed the only build worker, left the build "running" with its lease
+/// renewed forever, and wedged the queue. Now the build fails with a clear
+/// message and the next build runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panic_in_a_build_fails_that_build_and_the_next_one_succeeds() {
+    let registry = Registry::start(ArtifactStore::open("memory://").unwrap(), |config| {
+        config.workers = 1;
+    })
+    .await;
+    let client = registry.client();
+    for step in ["snapshot", "compile"] {
+        let mut request = host_only("hello:v1");
+        request.init_env = vec![("THAW_TEST_PANIC".into(), step.into())];
+        let err = client.push(hello(), &request, |_| {}).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("the {step} step crashed")) && text.contains("bug in thaw"),
+            "{text}"
+        );
+        // The build's record is final, for this process and any other.
+        let id = text
+            .split("build ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap();
+        let record: serde_json::Value = registry
+            .get(&format!("/v1/builds/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(record["state"], "failed", "{record}");
+    }
+    // The worker survived: an ordinary build runs and is tagged.
+    let status = client
+        .push(hello(), &host_only("hello:v1"), |_| {})
+        .await
+        .unwrap();
+    assert!(
+        matches!(status.state, BuildState::Succeeded { .. }),
+        "{status:?}"
+    );
+    let metrics = registry.metrics().await;
+    assert!(
+        metrics.contains("thaw_registry_builds_total{outcome=\"failed\"} 2"),
+        "{metrics}"
+    );
+}
+
 /// Regression: the push client honoured `Retry-After` in a way that also
 /// lifted its retry limit, so a registry that stays busy held `thaw push`
 /// forever. It must give up after its retries, with the registry's answer.
