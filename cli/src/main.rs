@@ -491,7 +491,7 @@ async fn serve_functions(
             }
         }
     }
-    thaw_runner::serve(listener, app).await?;
+    thaw_runner::serve(listener, app, options.connections.limits()).await?;
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use thaw_core::settings::{parse_duration, parse_key_value};
 use thaw_core::signing::{PublicKey, RegistryKey, TrustedKeys};
 use thaw_core::{Reference, TagRef};
 use thaw_gobuild::BuildMode;
+use thaw_http::ConnectionArgs;
 use thaw_registry::{
     DEFAULT_MAX_MODULE_BYTES, DEFAULT_QUEUE_CAPACITY, DEFAULT_WORKERS, Service, ServiceConfig,
     Tokens,
@@ -64,6 +65,11 @@ pub struct RegistryArgs {
     /// Largest module accepted, in MiB.
     #[arg(long, env = "THAW_MAX_MODULE_MIB", default_value_t = DEFAULT_MAX_MODULE_BYTES >> 20)]
     max_module_mib: usize,
+    /// Time a whole upload has to arrive; slower gets 408.
+    #[arg(long, env = "THAW_BODY_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    body_timeout: Duration,
+    #[command(flatten)]
+    connections: ConnectionArgs,
     /// Builds that may wait for a worker; more get 503 with Retry-After.
     #[arg(long, env = "THAW_BUILD_QUEUE", default_value_t = DEFAULT_QUEUE_CAPACITY)]
     queue: usize,
@@ -90,6 +96,7 @@ pub async fn registry(args: RegistryArgs) -> Result<()> {
     let mut config = ServiceConfig::new(tokens);
     config.pull_requires_token = args.pull_requires_token;
     config.max_module_bytes = args.max_module_mib << 20;
+    config.body_timeout = args.body_timeout;
     config.queue_capacity = args.queue;
     config.workers = args.workers;
     config.lease_ttl = args.lease_ttl;
@@ -106,7 +113,14 @@ pub async fn registry(args: RegistryArgs) -> Result<()> {
     let address = listener.local_addr()?;
     tracing::info!(%address, store = %location, "registry listening");
     eprintln!("registry on http://{address}/ (store {location})");
-    thaw_http::serve(listener, service.router(), thaw_http::shutdown_signal()).await?;
+    let limits = args.connections.limits();
+    thaw_http::serve(
+        listener,
+        service.router(),
+        limits,
+        thaw_http::shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }
 

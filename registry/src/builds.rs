@@ -200,15 +200,24 @@ fn check_submission(
     Submission::parse(query, defaults)
 }
 
-/// Reads the module, refusing more than `max` bytes with 413.
-async fn read_module(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes, ApiError> {
-    match thaw_http::read_body(headers, body, max).await {
+/// Reads the module, refusing more than `max` bytes with 413 and an upload
+/// slower than `within` with 408.
+async fn read_module(
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+    within: Duration,
+) -> Result<Bytes, ApiError> {
+    match thaw_http::read_body(headers, body, max, within).await {
         Ok(bytes) if bytes.is_empty() => Err(ApiError::bad_request("the request body is empty")),
         Ok(bytes) => Ok(bytes),
         Err(thaw_http::BodyError::TooLarge { .. }) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the module is larger than the {max}-byte limit"),
         )),
+        Err(e @ thaw_http::BodyError::TimedOut(_)) => {
+            Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, e.to_string()))
+        }
         Err(e) => Err(ApiError::bad_request(chain(&e))),
     }
 }
@@ -226,6 +235,7 @@ async fn read_module(headers: &HeaderMap, body: Body, max: usize) -> Result<Byte
         (status = 202, description = "Accepted; follow `status_url` or `events_url`", body = BuildResponse),
         (status = 400, description = "Not a module thaw can build (the precise reason), or bad parameters", body = thaw_core::api::ErrorBody),
         (status = 401, description = "Missing or invalid bearer token", body = thaw_core::api::ErrorBody),
+        (status = 408, description = "The upload did not arrive within the body timeout", body = thaw_core::api::ErrorBody),
         (status = 413, description = "Larger than the module size limit", body = thaw_core::api::ErrorBody),
         (status = 415, description = "Content-Type is not application/wasm", body = thaw_core::api::ErrorBody),
         (status = 503, description = "The build queue is full, or the store is down; see `Retry-After`", body = thaw_core::api::ErrorBody)),
@@ -245,7 +255,8 @@ pub async fn submit(
             return Err(e);
         }
     };
-    let wasm = read_module(&headers, body, shared.config.max_module_bytes).await?;
+    let config = &shared.config;
+    let wasm = read_module(&headers, body, config.max_module_bytes, config.body_timeout).await?;
 
     let mut snapshot = shared.config.snapshot.clone();
     snapshot.env = submission.init_env;

@@ -19,7 +19,8 @@
 //! let config = ServiceConfig::new(Tokens::parse("secret-token"));
 //! let service = Service::start(builder, RegistryKey::generate(), config)?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:7070").await?;
-//! thaw_http::serve(listener, service.router(), thaw_http::shutdown_signal()).await?;
+//! let limits = thaw_http::ConnectionLimits::default();
+//! thaw_http::serve(listener, service.router(), limits, thaw_http::shutdown_signal()).await?;
 //! # Ok(()) }
 //! ```
 
@@ -54,6 +55,9 @@ pub use auth::Tokens;
 /// Default [`ServiceConfig::max_module_bytes`]: 128 MiB, well above the
 /// largest Go modules seen (12 MB for `examples/init-heavy`).
 pub const DEFAULT_MAX_MODULE_BYTES: usize = 128 << 20;
+/// Default [`ServiceConfig::body_timeout`]: a 128 MiB module at about
+/// 1 MB/s.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default [`ServiceConfig::queue_capacity`].
 pub const DEFAULT_QUEUE_CAPACITY: usize = 8;
 /// Default [`ServiceConfig::workers`]: one, because a build already
@@ -77,6 +81,8 @@ pub struct ServiceConfig {
     pub pull_requires_token: bool,
     /// Largest module accepted; larger gets 413.
     pub max_module_bytes: usize,
+    /// Time a whole upload has to arrive; slower gets 408.
+    pub body_timeout: Duration,
     /// Builds that may wait for a worker; more get 503 with `Retry-After`.
     pub queue_capacity: usize,
     /// Builds run at once by this process.
@@ -95,6 +101,7 @@ impl ServiceConfig {
             tokens,
             pull_requires_token: false,
             max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             workers: DEFAULT_WORKERS,
             lease_ttl: DEFAULT_LEASE_TTL,

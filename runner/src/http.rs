@@ -24,8 +24,30 @@ use tokio::sync::Semaphore;
 use crate::metrics::{FunctionLabels, Metrics, RequestLabels};
 use crate::{ArtifactSource, Function, Output, RunError, Runner, function_name};
 
-/// Default cap on request bodies: 10 MiB.
+/// Default [`RequestLimits::max_body`]: 10 MiB.
 pub const DEFAULT_MAX_BODY: usize = 10 << 20;
+/// Default [`RequestLimits::body_timeout`].
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the HTTP front accepts of each request before a function runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Largest request body, in bytes; larger gets 413.
+    pub max_body: usize,
+    /// Time the whole body has to arrive; slower gets 408. An instance
+    /// slot is taken only once the body is in, so a client trickling a
+    /// body holds no slot.
+    pub body_timeout: Duration,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_body: DEFAULT_MAX_BODY,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+        }
+    }
+}
 
 /// Headers that describe one hop, not the message: never forwarded.
 const HOP_BY_HOP: &[&str] = &[
@@ -90,7 +112,7 @@ pub type ResponseHook = Box<dyn Fn(&AccessRecord) + Send + Sync>;
 pub struct App {
     functions: BTreeMap<String, Arc<Function>>,
     env: Vec<(String, String)>,
-    max_body: usize,
+    limits: RequestLimits,
     slots: Arc<Semaphore>,
     metrics: Metrics,
     request_ids: AtomicU64,
@@ -104,7 +126,7 @@ impl App {
     pub fn new(
         functions: impl IntoIterator<Item = (String, Function)>,
         env: Vec<(String, String)>,
-        max_body: usize,
+        limits: RequestLimits,
         max_concurrency: usize,
     ) -> Result<Self, DuplicateName> {
         let mut by_name = BTreeMap::new();
@@ -116,7 +138,7 @@ impl App {
         Ok(Self {
             functions: by_name,
             env,
-            max_body,
+            limits,
             slots: Arc::new(Semaphore::new(max_concurrency)),
             metrics: Metrics::default(),
             request_ids: AtomicU64::new(1),
@@ -133,7 +155,7 @@ impl App {
         source: &impl ArtifactSource,
         references: &[Reference],
         env: Vec<(String, String)>,
-        max_body: usize,
+        limits: RequestLimits,
     ) -> Result<Self, LoadAppError> {
         let mut functions = Vec::new();
         for reference in references {
@@ -148,7 +170,7 @@ impl App {
             functions.push((function_name(reference), function));
         }
         let slots = runner.config().max_instances as usize;
-        Ok(Self::new(functions, env, max_body, slots)?)
+        Ok(Self::new(functions, env, limits, slots)?)
     }
 
     /// Calls `hook` after every request.
@@ -312,6 +334,32 @@ async fn run(
     request_id: u64,
     request: Request,
 ) -> (Response, Option<Duration>) {
+    let (parts, body) = request.into_parts();
+    let limits = app.limits;
+    let body = match thaw_http::read_body(
+        &parts.headers,
+        body,
+        limits.max_body,
+        limits.body_timeout,
+    )
+    .await
+    {
+        Ok(body) => body,
+        Err(e @ thaw_http::BodyError::TooLarge { .. }) => {
+            app.metrics.limit_hit(name, "body");
+            return (error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string()), None);
+        }
+        Err(e @ thaw_http::BodyError::TimedOut(_)) => {
+            app.metrics.limit_hit(name, "body_timeout");
+            return (error(StatusCode::REQUEST_TIMEOUT, &e.to_string()), None);
+        }
+        Err(e) => {
+            let reason = thaw_core::error::chain(&e);
+            return (error(StatusCode::BAD_REQUEST, &reason), None);
+        }
+    };
+    // Only now, with the whole request in hand: a slow client holds no
+    // instance slot.
     let Ok(_slot) = app.slots.clone().try_acquire_owned() else {
         app.metrics.limit_hit(name, "concurrency");
         let mut response = error(
@@ -322,18 +370,6 @@ async fn run(
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return (response, None);
-    };
-    let (parts, body) = request.into_parts();
-    let body = match thaw_http::read_body(&parts.headers, body, app.max_body).await {
-        Ok(body) => body,
-        Err(e @ thaw_http::BodyError::TooLarge { .. }) => {
-            app.metrics.limit_hit(name, "body");
-            return (error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string()), None);
-        }
-        Err(e) => {
-            let reason = thaw_core::error::chain(&e);
-            return (error(StatusCode::BAD_REQUEST, &reason), None);
-        }
     };
 
     let mut env = app.env.clone();

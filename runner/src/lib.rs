@@ -450,10 +450,14 @@ pub fn function_name(reference: &Reference) -> String {
     }
 }
 
-/// Serves `app` on `listener` until Ctrl-C or SIGTERM, then lets
-/// in-flight requests finish.
-pub async fn serve(listener: tokio::net::TcpListener, app: http::App) -> std::io::Result<()> {
-    thaw_http::serve(listener, app.router(), thaw_http::shutdown_signal()).await
+/// Serves `app` on `listener` within `limits` until Ctrl-C or SIGTERM,
+/// then lets in-flight requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: http::App,
+    limits: thaw_http::ConnectionLimits,
+) -> std::io::Result<()> {
+    thaw_http::serve(listener, app.router(), limits, thaw_http::shutdown_signal()).await
 }
 
 /// A loaded function, ready to serve requests.

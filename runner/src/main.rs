@@ -47,6 +47,6 @@ async fn main() -> Result<()> {
         .with_context(|| format!("listening on {}", args.serve.listen))?;
     let names: Vec<_> = app.names().map(str::to_string).collect();
     tracing::info!(address = %listener.local_addr()?, functions = ?names, "serving");
-    serve(listener, app).await?;
+    serve(listener, app, args.serve.connections.limits()).await?;
     Ok(())
 }

@@ -11,7 +11,9 @@ use thaw_core::Reference;
 use thaw_core::settings::{parse_duration, parse_key_value};
 use thaw_core::signing::PublicKey;
 
-use crate::http::{App, DEFAULT_MAX_BODY, LoadAppError};
+use thaw_http::ConnectionArgs;
+
+use crate::http::{App, DEFAULT_MAX_BODY, LoadAppError, RequestLimits};
 use crate::{
     Allocator, ArtifactSource, DEFAULT_KEEP_RESIDENT, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_MEMORY,
     DEFAULT_MAX_STDERR, DEFAULT_MAX_STDOUT, Runner, RunnerConfig, Source,
@@ -38,6 +40,13 @@ pub struct ServeOptions {
     /// Largest request body accepted, in bytes; larger gets 413.
     #[arg(long, env = "THAW_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY)]
     pub max_body_bytes: usize,
+    /// Time a request's whole body has to arrive; slower gets 408. No
+    /// instance slot is held meanwhile.
+    #[arg(long, env = "THAW_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+    /// Connection limits: header timeout and connection cap.
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
     /// Largest response a function may write, in bytes; larger gets 502.
     #[arg(long, env = "THAW_MAX_RESPONSE_BYTES", default_value_t = DEFAULT_MAX_STDOUT)]
     pub max_response_bytes: usize,
@@ -87,14 +96,11 @@ impl ServeOptions {
             reference: "*".into(),
             source,
         })?;
-        App::load(
-            &runner,
-            source,
-            references,
-            self.env.clone(),
-            self.max_body_bytes,
-        )
-        .await
+        let limits = RequestLimits {
+            max_body: self.max_body_bytes,
+            body_timeout: self.body_timeout,
+        };
+        App::load(&runner, source, references, self.env.clone(), limits).await
     }
 }
 

@@ -48,9 +48,15 @@ impl Registry {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address: SocketAddr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(thaw_http::serve(listener, service.router(), async {
-            let _ = stopped.await;
-        }));
+        let limits = thaw_http::ConnectionLimits::default();
+        tokio::spawn(thaw_http::serve(
+            listener,
+            service.router(),
+            limits,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Registry {
             base: format!("http://{address}"),
             key: public,
@@ -518,6 +524,31 @@ async fn a_full_queue_answers_503_with_retry_after() {
     assert_eq!(registry.get("/healthz").await.status(), 200);
 }
 
+/// Regression (slowloris): an upload whose body never came held its
+/// connection, and the module buffer, forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_that_stalls_gets_408_at_its_deadline() {
+    let registry = Registry::start(ArtifactStore::open("memory://").unwrap(), |config| {
+        config.body_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let address = registry.base.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /v1/builds HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/wasm\r\nContent-Length: 100\r\n\r\n\0asm"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+        .await
+        .expect("the stalled upload was never answered")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 1s"), "{answer}");
+    assert_eq!(registry.get("/healthz").await.status(), 200);
+}
+
 /// Regression: a panic inside a build (Wizer, Cranelift or wasmparser)
 /// killed the only build worker, left the build "running" with its lease
 /// renewed forever, and wedged the queue. Now the build fails with a clear
@@ -591,7 +622,13 @@ async fn a_push_to_a_registry_that_stays_busy_gives_up() {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(thaw_http::serve(listener, busy, std::future::pending()));
+    let limits = thaw_http::ConnectionLimits::default();
+    tokio::spawn(thaw_http::serve(
+        listener,
+        busy,
+        limits,
+        std::future::pending(),
+    ));
     let client = RegistryClient::new(&base, TrustedKeys::default())
         .unwrap()
         .with_token(Some(TOKEN.into()));

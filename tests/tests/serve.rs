@@ -8,7 +8,8 @@ use thaw_builder::thaw_compiler::Compiler;
 use thaw_builder::{BuildRequest, Builder};
 use thaw_core::{Reference, TargetProfile};
 use thaw_gobuild::BuildMode;
-use thaw_runner::http::App;
+use thaw_http::ConnectionLimits;
+use thaw_runner::http::{App, RequestLimits};
 use thaw_runner::{Runner, RunnerConfig, function_name};
 use thaw_store::ArtifactStore;
 use thaw_tests::build_go;
@@ -43,6 +44,20 @@ async fn serve(
     configure: impl FnOnce(&mut RunnerConfig),
     max_body: usize,
 ) -> Server {
+    let limits = RequestLimits {
+        max_body,
+        ..RequestLimits::default()
+    };
+    serve_within(store, names, configure, limits, ConnectionLimits::default()).await
+}
+
+async fn serve_within(
+    store: &ArtifactStore,
+    names: &[&str],
+    configure: impl FnOnce(&mut RunnerConfig),
+    limits: RequestLimits,
+    connections: ConnectionLimits,
+) -> Server {
     let cache = tempfile::tempdir().unwrap();
     let mut config = RunnerConfig::new(cache.path());
     configure(&mut config);
@@ -59,16 +74,21 @@ async fn serve(
     let app = App::new(
         functions,
         vec![("FUNCTION_MODE".into(), "live".into())],
-        max_body,
+        limits,
         max_instances,
     )
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address: SocketAddr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(thaw_http::serve(listener, app.router(), async {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(thaw_http::serve(
+        listener,
+        app.router(),
+        connections,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     Server {
         base: format!("http://{address}"),
         _stop: stop,
@@ -283,6 +303,73 @@ async fn limits_give_the_right_status_while_good_requests_succeed() {
             )),
             "{limit}: {metrics}"
         );
+    }
+}
+
+/// Regression (slowloris): four POSTs that never sent their bodies held
+/// all four instance slots, and thousands of half-sent requests stayed
+/// open with no timeout. Slots are now taken only once a body is in, bodies
+/// and heads have deadlines, and a normal client is served meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_clients_hold_no_slot_and_time_out_while_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let store = store_with(&["tests/fixtures/go/misbehave"]).await;
+    let server = serve_within(
+        &store,
+        &["misbehave"],
+        |config| config.max_instances = 4,
+        RequestLimits {
+            body_timeout: Duration::from_secs(2),
+            ..RequestLimits::default()
+        },
+        ConnectionLimits {
+            header_timeout: Duration::from_secs(2),
+            ..ConnectionLimits::default()
+        },
+    )
+    .await;
+    let address = server.base.trim_start_matches("http://").to_string();
+    let mut half_open = Vec::new();
+    for _ in 0..1000 {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        stream
+            .write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        half_open.push(stream);
+    }
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        stream
+            .write_all(b"POST /ok HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+            .await
+            .unwrap();
+        stalled.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let started = std::time::Instant::now();
+    let ok = reqwest::get(format!("{}/ok", server.base)).await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(ok.status(), 200);
+    assert!(waited < Duration::from_secs(1), "served after {waited:?}");
+
+    // The stalled bodies end with 408 at their deadline, and the half-sent
+    // heads are closed at theirs.
+    for mut stream in stalled {
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+            .await
+            .expect("a stalled body was never answered")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    for mut stream in half_open.into_iter().step_by(100) {
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "a half-sent request is still open");
     }
 }
 
