@@ -46,12 +46,81 @@ pub use push::PushRequest;
 /// How many times a download is resumed before giving up.
 const MAX_RESUMES: usize = 4;
 
+/// The largest manifest a client reads; real ones are a few KiB.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// The largest JSON answer (a tag list, a build status) a client reads.
+pub const MAX_JSON_BYTES: usize = 16 << 20;
+/// The most of an error answer a client reads; the rest is cut.
+const MAX_ERROR_BYTES: usize = 64 << 10;
+/// The most a client reads of one build's event stream.
+pub const MAX_EVENT_STREAM_BYTES: usize = 16 << 20;
+
+/// Default [`ClientTimeouts::read`].
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default [`ClientTimeouts::request`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a client waits on a registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientTimeouts {
+    /// The longest silence while reading any answer (a blob, an event
+    /// stream, the answer to an upload); the registry's event streams send
+    /// a keep-alive every 15 s. `THAW_REGISTRY_READ_TIMEOUT` overrides it.
+    pub read: Duration,
+    /// The whole of a small request: a tag, a tag list, a manifest, a
+    /// build's status. `THAW_REGISTRY_REQUEST_TIMEOUT` overrides it.
+    pub request: Duration,
+}
+
+impl Default for ClientTimeouts {
+    fn default() -> Self {
+        Self {
+            read: DEFAULT_READ_TIMEOUT,
+            request: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+}
+
+impl ClientTimeouts {
+    /// The defaults, overridden by `THAW_REGISTRY_READ_TIMEOUT` and
+    /// `THAW_REGISTRY_REQUEST_TIMEOUT` (`30s`, `500ms`, ...).
+    pub fn from_env() -> Result<Self, ClientError> {
+        let mut timeouts = Self::default();
+        for (name, slot) in [
+            ("THAW_REGISTRY_READ_TIMEOUT", &mut timeouts.read),
+            ("THAW_REGISTRY_REQUEST_TIMEOUT", &mut timeouts.request),
+        ] {
+            if let Ok(text) = std::env::var(name) {
+                *slot = thaw_core::settings::parse_duration(&text)
+                    .map_err(|reason| ClientError::InvalidSetting { name, reason })?;
+            }
+        }
+        Ok(timeouts)
+    }
+}
+
 /// Why a registry request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The registry address is not an `http://` or `https://` URL.
     #[error("invalid registry URL {0:?}: expected http://host[:port] or https://...")]
     InvalidUrl(String),
+    /// An environment setting does not parse.
+    #[error("{name}: {reason}")]
+    InvalidSetting {
+        /// The variable.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The registry sent more than a client reads of that kind of answer.
+    #[error("{url}: the answer is larger than the {limit}-byte limit for it")]
+    TooLarge {
+        /// The request.
+        url: String,
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// No trusted key is configured, so no manifest could be accepted.
     #[error("no trusted registry key: pass --trust-key ed25519:<hex> (printed by `thaw keygen`)")]
     NoTrustedKeys,
@@ -133,6 +202,7 @@ pub struct VerifiedBlob {
 pub struct RegistryClient {
     base: String,
     http: reqwest::Client,
+    timeouts: ClientTimeouts,
     token: Option<String>,
     trusted: TrustedKeys,
     cache_dir: Option<PathBuf>,
@@ -140,27 +210,28 @@ pub struct RegistryClient {
 
 impl RegistryClient {
     /// A client of the registry at `base` (`http://host:port`), accepting
-    /// manifests signed by `trusted` keys.
+    /// manifests signed by `trusted` keys, with [`ClientTimeouts::from_env`].
     pub fn new(base: &str, trusted: TrustedKeys) -> Result<Self, ClientError> {
         let base = base.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(ClientError::InvalidUrl(base));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("thaw/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|source| ClientError::Transport {
-                url: base.clone(),
-                source,
-            })?;
+        let timeouts = ClientTimeouts::from_env()?;
         Ok(Self {
+            http: http_client(&base, &timeouts)?,
             base,
-            http,
+            timeouts,
             token: None,
             trusted,
             cache_dir: None,
         })
+    }
+
+    /// Waits on the registry as `timeouts` say.
+    pub fn with_timeouts(mut self, timeouts: ClientTimeouts) -> Result<Self, ClientError> {
+        self.http = http_client(&self.base, &timeouts)?;
+        self.timeouts = timeouts;
+        Ok(self)
     }
 
     /// Sends `token` as a bearer token with every request.
@@ -187,6 +258,11 @@ impl RegistryClient {
 
     fn get(&self, url: &str) -> reqwest::RequestBuilder {
         self.authorize(self.http.get(url))
+    }
+
+    /// A GET for a small answer, bounded in time as a whole.
+    fn get_small(&self, url: &str) -> reqwest::RequestBuilder {
+        self.get(url).timeout(self.timeouts.request)
     }
 
     fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -266,7 +342,7 @@ impl RegistryClient {
     /// signature is what is trusted).
     pub async fn tag(&self, tag: &TagRef) -> Result<Digest, ClientError> {
         let url = self.url(&format!("/v1/tags/{tag}"));
-        let response = self.send(&url, self.get(&url)).await?;
+        let response = self.send(&url, self.get_small(&url)).await?;
         let entry: TagEntry = json(&url, response).await?;
         Ok(entry.manifest)
     }
@@ -274,7 +350,7 @@ impl RegistryClient {
     /// Every tag the registry holds.
     pub async fn tags(&self) -> Result<Vec<TagEntry>, ClientError> {
         let url = self.url("/v1/tags");
-        let response = self.send(&url, self.get(&url)).await?;
+        let response = self.send(&url, self.get_small(&url)).await?;
         json(&url, response).await
     }
 
@@ -287,20 +363,14 @@ impl RegistryClient {
             return Err(ClientError::NoTrustedKeys);
         }
         let url = self.url(&format!("/v1/manifests/{digest}"));
-        let response = self.send(&url, self.get(&url)).await?;
+        let response = self.send(&url, self.get_small(&url)).await?;
         let signature = response
             .headers()
             .get(SIGNATURE_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::parse::<ManifestSignature>)
             .transpose()?;
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: url.clone(),
-                source,
-            })?;
+        let bytes = read_capped(&url, response, MAX_MANIFEST_BYTES).await?;
         let signature = signature.ok_or(SignatureError::Unsigned(*digest))?;
         let manifest = self.verify_manifest(digest, &bytes, &signature)?;
         Ok((manifest, bytes, signature))
@@ -419,10 +489,12 @@ async fn error_of(url: &str, response: reqwest::Response) -> ClientError {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let body = response.bytes().await.unwrap_or_default();
-    let message = serde_json::from_slice::<ErrorBody>(&body)
-        .map(|e| e.error)
-        .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+    let message = match read_capped(url, response, MAX_ERROR_BYTES).await {
+        Ok(body) => serde_json::from_slice::<ErrorBody>(&body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned()),
+        Err(e) => format!("(no readable message: {})", chain(&e)),
+    };
     ClientError::Status {
         url: url.to_string(),
         status,
@@ -431,17 +503,55 @@ async fn error_of(url: &str, response: reqwest::Response) -> ClientError {
     }
 }
 
+/// The reqwest client for `base`: connect and read timeouts, and thaw's
+/// user agent.
+fn http_client(base: &str, timeouts: &ClientTimeouts) -> Result<reqwest::Client, ClientError> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(timeouts.read)
+        .user_agent(concat!("thaw/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|source| ClientError::Transport {
+            url: base.to_string(),
+            source,
+        })
+}
+
+/// The whole body of `response`, refused as soon as it is known to be
+/// larger than `limit`: a hostile registry cannot make a client buffer
+/// without bound.
+async fn read_capped(
+    url: &str,
+    response: reqwest::Response,
+    limit: usize,
+) -> Result<Bytes, ClientError> {
+    let too_large = || ClientError::TooLarge {
+        url: url.to_string(),
+        limit,
+    };
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    let mut chunks = response.bytes_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|source| ClientError::Transport {
+            url: url.to_string(),
+            source,
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.into())
+}
+
 async fn json<T: serde::de::DeserializeOwned>(
     url: &str,
     response: reqwest::Response,
 ) -> Result<T, ClientError> {
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|source| ClientError::Transport {
-            url: url.to_string(),
-            source,
-        })?;
+    let bytes = read_capped(url, response, MAX_JSON_BYTES).await?;
     serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
         url: url.to_string(),
         reason: format!("unexpected answer: {e}"),

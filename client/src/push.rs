@@ -10,7 +10,16 @@ use reqwest::header::CONTENT_TYPE;
 use thaw_core::TagRef;
 use thaw_core::api::{BuildResponse, BuildState, BuildStatus};
 
-use crate::{ClientError, RegistryClient, json};
+use crate::{ClientError, MAX_EVENT_STREAM_BYTES, RegistryClient, json};
+
+/// Why an event stream stopped before the parser saw it.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error(transparent)]
+    Transport(reqwest::Error),
+    #[error("the event stream is larger than {MAX_EVENT_STREAM_BYTES} bytes")]
+    TooLarge,
+}
 
 /// How many times a submission is retried while the build queue is full.
 const MAX_QUEUE_RETRIES: usize = 5;
@@ -57,7 +66,7 @@ impl RegistryClient {
             let status_url = self.url(&accepted.status_url);
             while !status.state.is_terminal() {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let response = self.send(&status_url, self.get(&status_url)).await?;
+                let response = self.send(&status_url, self.get_small(&status_url)).await?;
                 let next: BuildStatus = json(&status_url, response).await?;
                 if next != status {
                     on_status(&next);
@@ -142,12 +151,30 @@ impl RegistryClient {
         on_status: &mut impl FnMut(&BuildStatus),
     ) -> Result<(), ClientError> {
         let response = self.send(url, self.get(url)).await?;
-        let mut events = response.bytes_stream().eventsource();
+        // Counted before the parser buffers anything: an event that never
+        // ends must not grow without bound.
+        let capped = response.bytes_stream().scan(0usize, |seen, chunk| {
+            let chunk = chunk.map_err(StreamError::Transport).and_then(|bytes| {
+                *seen += bytes.len();
+                match *seen > MAX_EVENT_STREAM_BYTES {
+                    true => Err(StreamError::TooLarge),
+                    false => Ok(bytes),
+                }
+            });
+            futures::future::ready(Some(chunk))
+        });
+        let mut events = capped.eventsource();
         while let Some(event) = events.next().await {
             let event = event.map_err(|e| match e {
-                EventStreamError::Transport(source) => ClientError::Transport {
+                EventStreamError::Transport(StreamError::Transport(source)) => {
+                    ClientError::Transport {
+                        url: url.to_string(),
+                        source,
+                    }
+                }
+                EventStreamError::Transport(StreamError::TooLarge) => ClientError::TooLarge {
                     url: url.to_string(),
-                    source,
+                    limit: MAX_EVENT_STREAM_BYTES,
                 },
                 other => ClientError::Protocol {
                     url: url.to_string(),

@@ -549,6 +549,72 @@ async fn an_upload_that_stalls_gets_408_at_its_deadline() {
     assert_eq!(registry.get("/healthz").await.status(), 200);
 }
 
+/// Serves `router` as a stand-in registry on a loopback port.
+async fn fake_registry(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let limits = thaw_http::ConnectionLimits::default();
+    tokio::spawn(thaw_http::serve(
+        listener,
+        router,
+        limits,
+        std::future::pending(),
+    ));
+    base
+}
+
+/// Regression: the client read manifests, tags and error bodies whole,
+/// whatever their size, and only a connect timeout applied. A hostile or
+/// broken registry could make a runner buffer without bound or hang.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_refuses_oversized_answers_and_gives_up_on_a_silent_registry() {
+    let digest = thaw_core::Digest::of(b"manifest");
+    let huge = |size: usize| move || async move { vec![b' '; size] };
+    let hostile = axum::Router::new()
+        .route(
+            "/v1/tags/{*reference}",
+            axum::routing::get(move || async move {
+                axum::Json(serde_json::json!({"reference": "a:b", "manifest": digest}))
+            }),
+        )
+        .route("/v1/manifests/{digest}", axum::routing::get(huge(8 << 20)))
+        .route("/v1/tags", axum::routing::get(huge(32 << 20)));
+    let base = fake_registry(hostile).await;
+    let client = RegistryClient::new(
+        &base,
+        TrustedKeys::new(vec![RegistryKey::generate().public()]),
+    )
+    .unwrap();
+    let err = client.resolve(&"a:b".parse().unwrap()).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::TooLarge { limit, .. } if limit == thaw_client::MAX_MANIFEST_BYTES),
+        "{err}"
+    );
+    let err = client.tags().await.unwrap_err();
+    assert!(matches!(err, ClientError::TooLarge { .. }), "{err}");
+
+    let silent = axum::Router::new().route(
+        "/v1/tags/{*reference}",
+        axum::routing::get(std::future::pending::<&'static str>),
+    );
+    let base = fake_registry(silent).await;
+    let client = RegistryClient::new(&base, TrustedKeys::default())
+        .unwrap()
+        .with_timeouts(thaw_client::ClientTimeouts {
+            read: Duration::from_millis(300),
+            request: Duration::from_millis(500),
+        })
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = client.tag(&"a:b".parse().unwrap()).await.unwrap_err();
+    assert!(matches!(err, ClientError::Transport { .. }), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// Regression: a panic inside a build (Wizer, Cranelift or wasmparser)
 /// killed the only build worker, left the build "running" with its lease
 /// renewed forever, and wedged the queue. Now the build fails with a clear
