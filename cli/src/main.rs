@@ -143,6 +143,12 @@ enum Command {
     /// Check the store's integrity: every blob decodes to its digest, and
     /// every manifest, tag and build-cache entry points at present data.
     Fsck {
+        /// Remove what cannot be trusted (a corrupt blob, then the
+        /// manifests, signatures, tags and cache entries that depend on
+        /// it), until the store is consistent. Keys thaw does not write
+        /// are left alone.
+        #[arg(long)]
+        repair: bool,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -340,11 +346,14 @@ async fn run(command: Command) -> Result<u8> {
             output,
             store,
         } => export(&store.open()?, &reference, &target, part, &output).await?,
-        Command::Fsck { store } => {
-            let problems = store
-                .open()?
-                .check_integrity(thaw_registry::RECORD_KINDS)
-                .await?;
+        Command::Fsck { repair, store } => {
+            let store = store.open()?;
+            if repair {
+                for removed in store.repair(thaw_registry::RECORD_KINDS).await? {
+                    println!("removed {removed}");
+                }
+            }
+            let problems = store.check_integrity(thaw_registry::RECORD_KINDS).await?;
             for problem in &problems {
                 println!("{problem}");
             }

@@ -314,3 +314,29 @@ fn a_build_killed_at_any_point_leaves_a_consistent_store() {
     ok(thaw(home.path(), &args));
     assert!(ok(thaw(home.path(), &["ls"])).starts_with("api:v1\t"));
 }
+
+#[test]
+fn fsck_repair_removes_what_cannot_be_trusted_and_leaves_foreign_keys() {
+    let home = tempfile::tempdir().unwrap();
+    let store = home.path().join("store");
+    let tag = store.join("tags/hello/_tag/v1");
+    std::fs::create_dir_all(tag.parent().unwrap()).unwrap();
+    std::fs::write(&tag, "not a digest").unwrap();
+    std::fs::create_dir_all(store.join("stray")).unwrap();
+    std::fs::write(store.join("stray/file"), "x").unwrap();
+    let store_arg = store.to_str().unwrap();
+
+    let err = failed(thaw(home.path(), &["fsck", "--store", store_arg]));
+    assert!(err.contains("2 problem(s)"), "{err}");
+    let repaired = thaw(home.path(), &["fsck", "--repair", "--store", store_arg]);
+    let stdout = String::from_utf8_lossy(&repaired.stdout);
+    assert!(stdout.contains("removed tags/hello/_tag/v1"), "{stdout}");
+    assert!(stdout.contains("stray/file"), "{stdout}");
+    assert!(!tag.exists());
+    assert!(store.join("stray/file").exists());
+    std::fs::remove_file(store.join("stray/file")).unwrap();
+    let consistent = thaw(home.path(), &["fsck", "--store", store_arg]);
+    let stderr = String::from_utf8_lossy(&consistent.stderr);
+    assert!(consistent.status.success(), "{stderr}");
+    assert!(stderr.contains("consistent"), "{stderr}");
+}

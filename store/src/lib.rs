@@ -33,6 +33,7 @@
 #![warn(missing_docs)]
 
 use std::ops::Range;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,6 +81,15 @@ pub enum StoreError {
         /// Why it could not be decoded.
         reason: String,
     },
+    /// A written object could not be flushed to disk.
+    #[error("syncing {key} to disk")]
+    Sync {
+        /// The object's key.
+        key: String,
+        /// What the file system said.
+        #[source]
+        source: std::io::Error,
+    },
     /// zstd refused to compress a blob.
     #[error("compressing blob {digest}")]
     Compress {
@@ -111,6 +121,9 @@ pub struct ArtifactStore {
     objects: Arc<dyn ObjectStore>,
     location: String,
     zstd_level: i32,
+    /// For a directory store, its root: every write is synced to disk
+    /// there before the next one starts.
+    local_root: Option<PathBuf>,
 }
 
 impl ArtifactStore {
@@ -149,10 +162,9 @@ impl ArtifactStore {
         std::fs::create_dir_all(path).map_err(|e| invalid(e.to_string()))?;
         let root = std::fs::canonicalize(path).map_err(|e| invalid(e.to_string()))?;
         let local = LocalFileSystem::new_with_prefix(&root).map_err(|e| invalid(e.to_string()))?;
-        Ok(Self::new(
-            Arc::new(local),
-            &format!("file://{}", root.display()),
-        ))
+        let mut store = Self::new(Arc::new(local), &format!("file://{}", root.display()));
+        store.local_root = Some(root);
+        Ok(store)
     }
 
     /// Opens `location`, or the default store (`<data home>/store`) when
@@ -209,6 +221,7 @@ impl ArtifactStore {
             objects,
             location: location.to_string(),
             zstd_level: DEFAULT_ZSTD_LEVEL,
+            local_root: None,
         }
     }
 
@@ -224,16 +237,13 @@ impl ArtifactStore {
     }
 
     /// Stores `bytes` compressed, under their digest. Storing the same bytes
-    /// twice writes once.
+    /// twice writes once: a stored copy counts only once it verifies, and a
+    /// corrupt one (a torn write, a flipped bit) is replaced.
     pub async fn put_blob(&self, bytes: Bytes) -> Result<BlobRef, StoreError> {
         let digest = Digest::of(&bytes);
         let path = blob_path(&digest);
-        if let Ok(meta) = self.objects.head(&path).await {
-            return Ok(BlobRef {
-                digest,
-                size: bytes.len() as u64,
-                compressed_size: meta.size,
-            });
+        if let Some(stored) = self.intact_blob(&digest, bytes.len() as u64).await? {
+            return Ok(stored);
         }
         let level = self.zstd_level;
         let size = bytes.len() as u64;
@@ -242,9 +252,7 @@ impl ArtifactStore {
             .expect("compression does not panic")
             .map_err(|source| StoreError::Compress { digest, source })?;
         let compressed_size = compressed.len() as u64;
-        self.objects
-            .put(&path, PutPayload::from(compressed))
-            .await?;
+        self.write(&path, PutPayload::from(compressed)).await?;
         Ok(BlobRef {
             digest,
             size,
@@ -319,12 +327,34 @@ impl ArtifactStore {
         tokio::task::spawn_blocking(move || expected.decode(&check))
             .await
             .expect("decompression does not panic")?;
-        if !self.has_blob(&blob.digest).await? {
-            self.objects
-                .put(&blob_path(&blob.digest), PutPayload::from(compressed))
+        if self.intact_blob(&blob.digest, blob.size).await?.is_none() {
+            self.write(&blob_path(&blob.digest), PutPayload::from(compressed))
                 .await?;
         }
         Ok(())
+    }
+
+    /// The stored blob `digest` of `size` bytes, if it is there and
+    /// verifies. A corrupt copy is reported as absent (and logged), so the
+    /// caller's write replaces it.
+    async fn intact_blob(&self, digest: &Digest, size: u64) -> Result<Option<BlobRef>, StoreError> {
+        let Some(compressed_size) = self.stored_blob_size(digest).await? else {
+            return Ok(None);
+        };
+        let blob = BlobRef {
+            digest: *digest,
+            size,
+            compressed_size,
+        };
+        match self.get_blob(&blob).await {
+            Ok(_) => Ok(Some(blob)),
+            Err(StoreError::Blob(e)) => {
+                tracing::warn!(blob = %digest, error = %thaw_core::error::chain(&e), "replacing a corrupt stored blob");
+                Ok(None)
+            }
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Stores a manifest under its digest. Every blob it names must already
@@ -340,8 +370,7 @@ impl ArtifactStore {
         }
         let bytes = manifest.to_bytes();
         let digest = Digest::of(&bytes);
-        self.objects
-            .put(&manifest_path(&digest), PutPayload::from(bytes))
+        self.write(&manifest_path(&digest), PutPayload::from(bytes))
             .await?;
         Ok(digest)
     }
@@ -368,13 +397,11 @@ impl ArtifactStore {
         manifest: &Digest,
         signature: &ManifestSignature,
     ) -> Result<(), StoreError> {
-        self.objects
-            .put(
-                &signature_path(manifest),
-                PutPayload::from(signature.to_string()),
-            )
-            .await?;
-        Ok(())
+        self.write(
+            &signature_path(manifest),
+            PutPayload::from(signature.to_string()),
+        )
+        .await
     }
 
     /// The stored signature of a manifest, if any.
@@ -404,10 +431,7 @@ impl ArtifactStore {
         id: &Digest,
         bytes: Bytes,
     ) -> Result<(), StoreError> {
-        self.objects
-            .put(&kind.path(id), PutPayload::from(bytes))
-            .await?;
-        Ok(())
+        self.write(&kind.path(id), PutPayload::from(bytes)).await
     }
 
     /// Writes a record only if none exists: `Ok(false)` when one does. On
@@ -423,12 +447,16 @@ impl ArtifactStore {
             mode: PutMode::Create,
             ..Default::default()
         };
+        let path = kind.path(id);
         match self
             .objects
-            .put_opts(&kind.path(id), PutPayload::from(bytes), options)
+            .put_opts(&path, PutPayload::from(bytes), options)
             .await
         {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                self.sync(&path).await?;
+                Ok(true)
+            }
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
             Err(e) => Err(e.into()),
         }
@@ -463,10 +491,8 @@ impl ArtifactStore {
         if !self.exists(&manifest_path(manifest)).await? {
             return Err(StoreError::NotFound(format!("manifest {manifest}")));
         }
-        self.objects
-            .put(&tag_path(tag), PutPayload::from(manifest.to_string()))
-            .await?;
-        Ok(())
+        self.write(&tag_path(tag), PutPayload::from(manifest.to_string()))
+            .await
     }
 
     /// The manifest digest a tag points at.
@@ -543,10 +569,8 @@ impl ArtifactStore {
         key: &Digest,
         manifest: &Digest,
     ) -> Result<(), StoreError> {
-        self.objects
-            .put(&cache_path(key), PutPayload::from(manifest.to_string()))
-            .await?;
-        Ok(())
+        self.write(&cache_path(key), PutPayload::from(manifest.to_string()))
+            .await
     }
 
     /// Checks every invariant of the store and returns what is wrong (empty
@@ -554,41 +578,50 @@ impl ArtifactStore {
     /// its digest and names only present blobs, each tag and build-cache
     /// entry names a present manifest. `records` are the kinds of service
     /// record the store may also hold; any other key is reported.
-    pub async fn check_integrity(&self, records: &[RecordKind]) -> Result<Vec<String>, StoreError> {
+    pub async fn check_integrity(
+        &self,
+        records: &[RecordKind],
+    ) -> Result<Vec<Problem>, StoreError> {
         let objects: Vec<_> = self.objects.list(None).try_collect().await?;
         let mut problems = Vec::new();
         for meta in objects {
             let key = meta.location.as_ref().to_string();
+            let untrusted = |reason: String| Problem {
+                key: key.clone(),
+                reason,
+                untrusted: true,
+            };
             if let Some(hex) = key.strip_prefix("blobs/sha256/") {
                 let bytes = self.read(&meta.location, || key.clone()).await?;
                 let decoded = zstd::stream::Decoder::new(&bytes[..])
                     .and_then(|d| Digest::of_reader(std::io::Read::take(d, MAX_CHECKED_BLOB)));
                 match decoded {
                     Ok(digest) if digest.hex() == hex => {}
-                    Ok(digest) => problems.push(format!("{key}: holds {digest}")),
-                    Err(e) => problems.push(format!("{key}: does not decode: {e}")),
+                    Ok(digest) => problems.push(untrusted(format!("holds {digest}"))),
+                    Err(e) => problems.push(untrusted(format!("does not decode: {e}"))),
                 }
             } else if let Some(hex) = key.strip_prefix("manifests/sha256/") {
                 let Ok(digest) = format!("sha256:{hex}").parse::<Digest>() else {
-                    problems.push(format!("{key}: not a digest key"));
+                    problems.push(untrusted("not a digest key".into()));
                     continue;
                 };
                 match self.get_manifest(&digest).await {
                     Ok(manifest) => {
                         for blob in manifest.blobs() {
                             if !self.has_blob(&blob.digest).await? {
-                                problems.push(format!("{key}: names missing blob {}", blob.digest));
+                                problems
+                                    .push(untrusted(format!("names missing blob {}", blob.digest)));
                             }
                         }
                     }
-                    Err(e) => problems.push(format!("{key}: {e}")),
+                    Err(e) => problems.push(untrusted(thaw_core::error::chain(&e))),
                 }
             } else if let Some(hex) = key.strip_prefix("signatures/sha256/") {
                 if !self
                     .exists(&Path::from(format!("manifests/sha256/{hex}")))
                     .await?
                 {
-                    problems.push(format!("{key}: signs a missing manifest"));
+                    problems.push(untrusted("signs a missing manifest".into()));
                 }
             } else if records.iter().any(|kind| kind.holds(&key)) {
                 // Records of a service: they never point at data that a
@@ -597,14 +630,76 @@ impl ArtifactStore {
                 let bytes = self.read(&meta.location, || key.clone()).await?;
                 match parse_digest_object(&bytes, || key.clone()) {
                     Ok(digest) if self.exists(&manifest_path(&digest)).await? => {}
-                    Ok(digest) => problems.push(format!("{key}: names missing manifest {digest}")),
-                    Err(e) => problems.push(e.to_string()),
+                    Ok(digest) => {
+                        problems.push(untrusted(format!("names missing manifest {digest}")))
+                    }
+                    Err(_) => problems.push(untrusted("does not hold a digest".into())),
                 }
             } else {
-                problems.push(format!("{key}: not a key thaw writes"));
+                problems.push(Problem {
+                    key: key.clone(),
+                    reason: "not a key thaw writes (left alone)".into(),
+                    untrusted: false,
+                });
             }
         }
         Ok(problems)
+    }
+
+    /// Removes everything [`ArtifactStore::check_integrity`] finds that a
+    /// reader must not trust, until nothing is left: a corrupt blob, then
+    /// the manifests that name it, then the signatures, tags and cache
+    /// entries of those. Keys thaw does not write are left alone. Returns
+    /// what was removed.
+    pub async fn repair(&self, records: &[RecordKind]) -> Result<Vec<Problem>, StoreError> {
+        let mut removed = Vec::new();
+        loop {
+            let untrusted: Vec<Problem> = self
+                .check_integrity(records)
+                .await?
+                .into_iter()
+                .filter(|problem| problem.untrusted)
+                .collect();
+            if untrusted.is_empty() {
+                return Ok(removed);
+            }
+            for problem in untrusted {
+                match self.objects.delete(&Path::from(problem.key.as_str())).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                removed.push(problem);
+            }
+        }
+    }
+
+    /// Writes one object atomically, and on a directory store durably, so
+    /// that the write order (blobs, manifest, cache entry, tag) holds
+    /// through a power loss too.
+    async fn write(&self, path: &Path, payload: PutPayload) -> Result<(), StoreError> {
+        self.objects.put(path, payload).await?;
+        self.sync(path).await
+    }
+
+    /// On a directory store, flushes the object at `path` and the rename
+    /// that published it (its directory) to disk. `object_store` stages
+    /// and renames, but never syncs.
+    async fn sync(&self, path: &Path) -> Result<(), StoreError> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let file = root.join(path.as_ref());
+        let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::File::open(&file)?.sync_all()?;
+            let dir = file.parent().expect("objects live in a directory");
+            std::fs::File::open(dir)?.sync_all()
+        })
+        .await
+        .expect("syncing does not panic");
+        synced.map_err(|source| StoreError::Sync {
+            key: path.to_string(),
+            source,
+        })
     }
 
     async fn read(&self, path: &Path, what: impl Fn() -> String) -> Result<Bytes, StoreError> {
@@ -621,6 +716,24 @@ impl ArtifactStore {
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// Something [`ArtifactStore::check_integrity`] found wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The object's key.
+    pub key: String,
+    /// What is wrong with it.
+    pub reason: String,
+    /// Whether readers must not trust it (what [`ArtifactStore::repair`]
+    /// removes), rather than a key thaw does not know.
+    pub untrusted: bool,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
     }
 }
 

@@ -75,7 +75,7 @@ async fn tampered_blob_is_refused() {
     );
     let problems = store.check_integrity(&[]).await.unwrap();
     assert_eq!(problems.len(), 1, "{problems:?}");
-    assert!(problems[0].contains(&blob.digest.hex()), "{problems:?}");
+    assert!(problems[0].key.contains(&blob.digest.hex()), "{problems:?}");
 
     // A blob that decompresses to more than the manifest says is cut off
     // rather than expanded.
@@ -134,10 +134,7 @@ async fn manifests_tags_and_cache() {
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
 
-    assert_eq!(
-        store.check_integrity(&[]).await.unwrap(),
-        Vec::<String>::new()
-    );
+    assert_eq!(store.check_integrity(&[]).await.unwrap(), Vec::new());
 
     let key = Digest::of(b"cache key");
     assert_eq!(store.cached_build(&key).await.unwrap(), None);
@@ -203,7 +200,8 @@ async fn records_are_expected_only_of_the_kinds_a_service_declares() {
     assert!(store.check_integrity(&[BUILDS]).await.unwrap().is_empty());
     let problems = store.check_integrity(&[]).await.unwrap();
     assert_eq!(problems.len(), 1, "{problems:?}");
-    assert!(problems[0].starts_with("builds/"), "{problems:?}");
+    assert!(problems[0].key.starts_with("builds/"), "{problems:?}");
+    assert!(!problems[0].untrusted, "{problems:?}");
     // Conditional create: one winner.
     assert!(
         !store
@@ -246,4 +244,71 @@ async fn a_corrupt_tag_is_reported_and_the_others_still_list() {
         matches!(listing.unreadable[0].1, StoreError::Corrupt { .. }),
         "{listing:?}"
     );
+}
+
+/// Regression: `put_blob` counted any stored object as present, so a blob
+/// torn by a power loss was never rewritten and every later build reused it.
+#[tokio::test]
+async fn a_truncated_blob_is_replaced_by_the_next_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::open(dir.path().to_str().unwrap()).unwrap();
+    let bytes = b"a module worth keeping".repeat(100);
+    let blob = store.put_blob(bytes.clone().into()).await.unwrap();
+    let file = dir
+        .path()
+        .join(format!("blobs/sha256/{}", blob.digest.hex()));
+    let stored = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &stored[..stored.len() / 2]).unwrap();
+    assert!(store.get_blob(&blob).await.is_err());
+
+    let again = store.put_blob(bytes.clone().into()).await.unwrap();
+    assert_eq!(again.digest, blob.digest);
+    assert_eq!(&store.get_blob(&again).await.unwrap()[..], &bytes[..]);
+}
+
+#[tokio::test]
+async fn repair_removes_a_corrupt_blob_and_everything_that_trusts_it() {
+    let objects = Arc::new(InMemory::new());
+    let store = ArtifactStore::new(objects.clone(), "memory://");
+    let blob = store.put_blob(b"module".to_vec().into()).await.unwrap();
+    let manifest = store.put_manifest(&manifest_for(&blob)).await.unwrap();
+    let tag: TagRef = "hello:v1".parse().unwrap();
+    store.set_tag(&tag, &manifest).await.unwrap();
+    store
+        .put_cached_build(&Digest::of(b"key"), &manifest)
+        .await
+        .unwrap();
+    let key = thaw_core::signing::RegistryKey::generate();
+    store
+        .put_signature(&manifest, &key.sign(&manifest))
+        .await
+        .unwrap();
+    // Something that is not thaw's stays, reported.
+    objects
+        .put(&Path::from("stray/file"), PutPayload::from_static(b"x"))
+        .await
+        .unwrap();
+    objects
+        .put(
+            &Path::from(format!("blobs/sha256/{}", blob.digest.hex())),
+            PutPayload::from(zstd::bulk::compress(b"forged", 3).unwrap()),
+        )
+        .await
+        .unwrap();
+
+    let removed = store.repair(&[]).await.unwrap();
+    let removed: Vec<_> = removed
+        .iter()
+        .map(|p| p.key.split('/').next().unwrap())
+        .collect();
+    for folder in ["blobs", "manifests", "signatures", "tags", "build-cache"] {
+        assert!(
+            removed.contains(&folder),
+            "{folder} not removed: {removed:?}"
+        );
+    }
+    let left = store.check_integrity(&[]).await.unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].key, "stray/file");
+    assert!(store.list_tags().await.unwrap().tags.is_empty());
 }

@@ -486,7 +486,7 @@ async fn identical_submissions_share_one_build_across_registry_processes() {
             .check_integrity(thaw_registry::RECORD_KINDS)
             .await
             .unwrap(),
-        Vec::<String>::new()
+        Vec::new()
     );
 }
 
