@@ -18,8 +18,8 @@ use thaw_core::{Reference, TagRef};
 use thaw_gobuild::BuildMode;
 use thaw_http::ConnectionArgs;
 use thaw_registry::{
-    DEFAULT_MAX_MODULE_BYTES, DEFAULT_QUEUE_CAPACITY, DEFAULT_WORKERS, Service, ServiceConfig,
-    Tokens,
+    DEFAULT_MAX_MODULE_BYTES, DEFAULT_MAX_UPLOADS, DEFAULT_QUEUE_CAPACITY, DEFAULT_WORKERS,
+    Service, ServiceConfig, Tokens,
 };
 use thaw_store::ArtifactStore;
 
@@ -68,6 +68,10 @@ pub struct RegistryArgs {
     /// Time a whole upload has to arrive; slower gets 408.
     #[arg(long, env = "THAW_BODY_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
     body_timeout: Duration,
+    /// Uploads read at once; more get 503 with Retry-After before their
+    /// bodies are buffered.
+    #[arg(long, env = "THAW_MAX_UPLOADS", default_value_t = DEFAULT_MAX_UPLOADS)]
+    max_uploads: usize,
     #[command(flatten)]
     connections: ConnectionArgs,
     /// Builds that may wait for a worker; more get 503 with Retry-After.
@@ -97,6 +101,7 @@ pub async fn registry(args: RegistryArgs) -> Result<()> {
     config.pull_requires_token = args.pull_requires_token;
     config.max_module_bytes = args.max_module_mib << 20;
     config.body_timeout = args.body_timeout;
+    config.max_uploads = args.max_uploads;
     config.queue_capacity = args.queue;
     config.workers = args.workers;
     config.lease_ttl = args.lease_ttl;

@@ -238,7 +238,7 @@ async fn read_module(
         (status = 408, description = "The upload did not arrive within the body timeout", body = thaw_core::api::ErrorBody),
         (status = 413, description = "Larger than the module size limit", body = thaw_core::api::ErrorBody),
         (status = 415, description = "Content-Type is not application/wasm", body = thaw_core::api::ErrorBody),
-        (status = 503, description = "The build queue is full, or the store is down; see `Retry-After`", body = thaw_core::api::ErrorBody)),
+        (status = 503, description = "The build queue is full, too many uploads are being read, or the store is down; see `Retry-After`", body = thaw_core::api::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn submit(
     State(service): State<Service>,
@@ -256,7 +256,20 @@ pub async fn submit(
         }
     };
     let config = &shared.config;
+    // Admission before buffering: a module is held in memory from here.
+    let Ok(upload) = shared.uploads.clone().try_acquire_owned() else {
+        crate::discard_body(body, config.max_module_bytes).await;
+        shared.metrics.build("rejected");
+        return Err(ApiError::unavailable(
+            format!(
+                "{} uploads are being read already; retry later",
+                config.max_uploads
+            ),
+            5,
+        ));
+    };
     let wasm = read_module(&headers, body, config.max_module_bytes, config.body_timeout).await?;
+    drop(upload);
 
     let mut snapshot = shared.config.snapshot.clone();
     snapshot.env = submission.init_env;

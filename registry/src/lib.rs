@@ -58,6 +58,8 @@ pub const DEFAULT_MAX_MODULE_BYTES: usize = 128 << 20;
 /// Default [`ServiceConfig::body_timeout`]: a 128 MiB module at about
 /// 1 MB/s.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default [`ServiceConfig::max_uploads`].
+pub const DEFAULT_MAX_UPLOADS: usize = 4;
 /// Default [`ServiceConfig::queue_capacity`].
 pub const DEFAULT_QUEUE_CAPACITY: usize = 8;
 /// Default [`ServiceConfig::workers`]: one, because a build already
@@ -83,6 +85,10 @@ pub struct ServiceConfig {
     pub max_module_bytes: usize,
     /// Time a whole upload has to arrive; slower gets 408.
     pub body_timeout: Duration,
+    /// Uploads read at once; more get 503 with `Retry-After` before their
+    /// bodies are buffered. With the queue, this bounds the memory modules
+    /// take: `(max_uploads + queue_capacity + workers) × max_module_bytes`.
+    pub max_uploads: usize,
     /// Builds that may wait for a worker; more get 503 with `Retry-After`.
     pub queue_capacity: usize,
     /// Builds run at once by this process.
@@ -102,6 +108,7 @@ impl ServiceConfig {
             pull_requires_token: false,
             max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            max_uploads: DEFAULT_MAX_UPLOADS,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             workers: DEFAULT_WORKERS,
             lease_ttl: DEFAULT_LEASE_TTL,
@@ -129,6 +136,8 @@ struct Shared {
     builds: builds::Builds,
     metrics: metrics::Metrics,
     default_targets: Vec<&'static TargetProfile>,
+    /// One permit per upload being read.
+    uploads: Arc<tokio::sync::Semaphore>,
 }
 
 /// A running registry service. Cheap to clone.
@@ -145,9 +154,9 @@ impl Service {
         if config.tokens.is_empty() {
             return Err(ServiceError::NoTokens);
         }
-        if config.workers == 0 || config.queue_capacity == 0 {
+        if config.workers == 0 || config.queue_capacity == 0 || config.max_uploads == 0 {
             return Err(ServiceError::Config(
-                "workers and queue capacity must be at least 1".into(),
+                "workers, queue capacity and uploads must each be at least 1".into(),
             ));
         }
         let default_targets = DEFAULT_TARGETS
@@ -155,6 +164,7 @@ impl Service {
             .map(|name| TargetProfile::by_name(name).expect("default targets exist"))
             .collect();
         let (builds, jobs) = builds::Builds::new(config.queue_capacity);
+        let uploads = Arc::new(tokio::sync::Semaphore::new(config.max_uploads));
         let service = Self(Arc::new(Shared {
             builder,
             key,
@@ -162,6 +172,7 @@ impl Service {
             builds,
             metrics: metrics::Metrics::default(),
             default_targets,
+            uploads,
         }));
         builds::spawn_workers(&service, jobs);
         Ok(service)

@@ -615,6 +615,43 @@ async fn the_client_refuses_oversized_answers_and_gives_up_on_a_silent_registry(
     );
 }
 
+/// Regression: every authenticated upload was buffered (up to 128 MiB)
+/// before any admission check, with no cap on how many at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_beyond_the_cap_get_503_before_their_bodies_are_buffered() {
+    let registry = Registry::start(ArtifactStore::open("memory://").unwrap(), |config| {
+        config.max_uploads = 1;
+        config.body_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let address = registry.base.trim_start_matches("http://").to_string();
+    // One upload that is slow to arrive holds the only upload slot.
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /v1/builds HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/wasm\r\nContent-Length: 100\r\n\r\n\0asm"
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = post_module(&registry.base, "", Some(TOKEN), "application/wasm", hello()).await;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert!(error_of(refused).await.contains("uploads are being read"));
+    // Once the slow one times out, its slot is free again.
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let admitted = post_module(
+        &registry.base,
+        "",
+        Some(TOKEN),
+        "application/wasm",
+        Bytes::from_static(b"not wasm"),
+    )
+    .await;
+    assert_eq!(admitted.status(), 400, "read and inspected");
+}
+
 /// Regression: a panic inside a build (Wizer, Cranelift or wasmparser)
 /// killed the only build worker, left the build "running" with its lease
 /// renewed forever, and wedged the queue. Now the build fails with a clear
