@@ -163,6 +163,7 @@ pub struct BuildOutcome {
 #[derive(Clone, Debug)]
 pub struct PendingBuild {
     wasm: Bytes,
+    source: Digest,
     key: Digest,
     targets: Vec<&'static TargetProfile>,
     snapshot: SnapshotOptions,
@@ -247,9 +248,11 @@ impl Builder {
         if targets.is_empty() {
             return Err(BuildError::NoTargets);
         }
-        let key = build_key(&Digest::of(&wasm), &targets, &request.snapshot);
+        let source = Digest::of(&wasm);
+        let key = build_key(&source, &targets, &request.snapshot);
         Ok(PendingBuild {
             wasm,
+            source,
             key,
             targets,
             snapshot: request.snapshot.clone(),
@@ -277,9 +280,25 @@ impl Builder {
         Ok(build)
     }
 
-    /// The manifest stored for this build's key, if a complete one is.
-    pub async fn cached(&self, build: &PendingBuild) -> Result<Option<Digest>, StoreError> {
-        self.store.cached_build(&build.key).await
+    /// The manifest stored for this build's key, with its digest, if a
+    /// complete one is and it is a build of this very module for this key.
+    /// A cache entry that names another module's build (a bucket writer's
+    /// doing) is a miss, so it is built rather than reused.
+    pub async fn cached(
+        &self,
+        build: &PendingBuild,
+    ) -> Result<Option<(Digest, Manifest)>, StoreError> {
+        let Some((digest, manifest)) = self.store.cached_build(&build.key).await? else {
+            return Ok(None);
+        };
+        if manifest.source.digest != build.source || manifest.build.cache_key != build.key {
+            tracing::warn!(
+                key = %build.key, manifest = %digest,
+                "the build-cache entry names a build of another module or key; building instead"
+            );
+            return Ok(None);
+        }
+        Ok(Some((digest, manifest)))
     }
 
     /// Builds `wasm` as `request` says, reporting progress to `progress`:
@@ -293,10 +312,10 @@ impl Builder {
     ) -> Result<BuildOutcome, BuildError> {
         let pending = self.prepare(wasm, request)?;
         let outcome = match self.cached(&pending).await? {
-            Some(digest) => {
+            Some((digest, manifest)) => {
                 progress(BuildEvent::CacheHit(digest));
                 BuildOutcome {
-                    manifest: self.store.get_manifest(&digest).await?,
+                    manifest,
                     manifest_digest: digest,
                     cache_hit: true,
                 }

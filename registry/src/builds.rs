@@ -322,7 +322,9 @@ pub async fn submit(
     };
 
     let store = shared.builder.store();
-    if let Some(manifest_digest) = shared.builder.cached(&build).await.map_err(release)? {
+    if let Some((manifest_digest, manifest)) =
+        shared.builder.cached(&build).await.map_err(release)?
+    {
         // Built by someone else into this store (`thaw build`, or a
         // registry with another key) is built again rather than signed.
         if signed_by_us(shared, &manifest_digest)
@@ -331,13 +333,9 @@ pub async fn submit(
         {
             // Signature checked just above: only the tags are left to set.
             let tags = live.tags.lock().unwrap().clone();
-            let published = async {
-                set_tags(shared, &manifest_digest, &tags).await?;
-                store.get_manifest(&manifest_digest).await
-            }
-            .await;
+            let published = set_tags(shared, &manifest_digest, &tags).await;
             shared.builds.remove(&id);
-            let manifest = published.map_err(ApiError::from)?;
+            published.map_err(ApiError::from)?;
             shared.metrics.build("cache_hit");
             let status = BuildStatus {
                 state: BuildState::Succeeded {

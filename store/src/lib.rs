@@ -538,9 +538,12 @@ impl ArtifactStore {
         Ok(listing)
     }
 
-    /// The manifest previously built for a build-cache key, if it is still
-    /// complete (manifest and every blob present).
-    pub async fn cached_build(&self, key: &Digest) -> Result<Option<Digest>, StoreError> {
+    /// The manifest previously built for a build-cache key, with its
+    /// digest, if it is still complete (manifest and every blob present).
+    pub async fn cached_build(
+        &self,
+        key: &Digest,
+    ) -> Result<Option<(Digest, Manifest)>, StoreError> {
         let bytes = match self
             .read(&cache_path(key), || format!("build-cache entry {key}"))
             .await
@@ -560,7 +563,7 @@ impl ArtifactStore {
                 return Ok(None);
             }
         }
-        Ok(Some(digest))
+        Ok(Some((digest, manifest)))
     }
 
     /// Records that `key` built `manifest`.

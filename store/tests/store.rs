@@ -139,7 +139,10 @@ async fn manifests_tags_and_cache() {
     let key = Digest::of(b"cache key");
     assert_eq!(store.cached_build(&key).await.unwrap(), None);
     store.put_cached_build(&key, &digest).await.unwrap();
-    assert_eq!(store.cached_build(&key).await.unwrap(), Some(digest));
+    assert_eq!(
+        store.cached_build(&key).await.unwrap(),
+        Some((digest, manifest))
+    );
 }
 
 #[tokio::test]

@@ -250,6 +250,30 @@ async fn command_modules_are_compiled_not_snapshotted_and_run_start() {
         .unwrap();
     let out = function.call(Vec::new(), &[]).await.unwrap();
     assert_eq!(&out.stdout[..], b"hello from a command\n");
+
+    // Regression: a build-cache entry was trusted without checking that its
+    // manifest is a build of the submitted module. One that a bucket writer
+    // points at another module's build is a miss.
+    let other = build_go("tests/fixtures/go/cgi", BuildMode::Auto);
+    let request = BuildRequest::new(vec![TargetProfile::host().unwrap()]);
+    let key = *builder
+        .prepare(other.clone().into(), &request)
+        .unwrap()
+        .key();
+    store
+        .put_cached_build(&key, &outcome.manifest_digest)
+        .await
+        .unwrap();
+    let rebuilt = builder
+        .build(other.clone().into(), &request, |_| {})
+        .await
+        .unwrap();
+    assert!(!rebuilt.cache_hit);
+    assert_eq!(
+        rebuilt.manifest.source.digest,
+        thaw_core::Digest::of(&other)
+    );
+    assert_ne!(rebuilt.manifest_digest, outcome.manifest_digest);
 }
 
 #[tokio::test(flavor = "multi_thread")]
