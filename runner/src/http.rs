@@ -193,41 +193,50 @@ impl App {
             .with_state(Arc::new(self))
     }
 
-    /// Picks the function for a request: by `Host` (`name.example.com`),
-    /// then by path prefix (`/name/...`, stripped), then the only function.
+    /// Picks the function for a request (see [`route`]).
     fn route<'a>(
         &'a self,
         host: Option<&str>,
         path: &str,
     ) -> Option<(&'a str, &'a Arc<Function>, String)> {
-        if let Some(host) = host {
-            let label = host.split([':', '.']).next().unwrap_or_default();
-            if let Some((name, f)) = self.functions.get_key_value(label) {
-                return Some((name, f, path.to_string()));
-            }
-        }
-        let by_prefix = self
-            .functions
-            .iter()
-            .filter_map(|(name, f)| {
-                let rest = path.strip_prefix('/')?.strip_prefix(name.as_str())?;
-                (rest.is_empty() || rest.starts_with(['/', '?'])).then_some((name, f, rest))
-            })
-            .max_by_key(|(name, _, _)| name.len());
-        if let Some((name, f, rest)) = by_prefix {
-            let guest_path = if rest.starts_with('/') {
-                rest.to_string()
-            } else {
-                format!("/{rest}")
-            };
-            return Some((name, f, guest_path));
-        }
-        if self.functions.len() == 1 {
-            let (name, f) = self.functions.iter().next()?;
+        route(&self.functions, host, path)
+    }
+}
+
+/// Picks the entry of `functions` for a request: by `Host`
+/// (`name.example.com`), then by path prefix (`/name/...`, stripped), then
+/// the only one. Returns its name, the entry and the path the guest sees.
+fn route<'a, F>(
+    functions: &'a BTreeMap<String, F>,
+    host: Option<&str>,
+    path: &str,
+) -> Option<(&'a str, &'a F, String)> {
+    if let Some(host) = host {
+        let label = host.split([':', '.']).next().unwrap_or_default();
+        if let Some((name, f)) = functions.get_key_value(label) {
             return Some((name, f, path.to_string()));
         }
-        None
     }
+    let by_prefix = functions
+        .iter()
+        .filter_map(|(name, f)| {
+            let rest = path.strip_prefix('/')?.strip_prefix(name.as_str())?;
+            (rest.is_empty() || rest.starts_with(['/', '?'])).then_some((name, f, rest))
+        })
+        .max_by_key(|(name, _, _)| name.len());
+    if let Some((name, f, rest)) = by_prefix {
+        let guest_path = if rest.starts_with('/') {
+            rest.to_string()
+        } else {
+            format!("/{rest}")
+        };
+        return Some((name, f, guest_path));
+    }
+    if functions.len() == 1 {
+        let (name, f) = functions.iter().next()?;
+        return Some((name, f, path.to_string()));
+    }
+    None
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
@@ -663,5 +672,23 @@ mod tests {
         assert_eq!(env["SERVER_PORT"], "8080");
         assert_eq!(env["HTTP_X_TRACE"], "abc");
         assert_eq!(env["REMOTE_ADDR"], "127.0.0.1");
+    }
+
+    proptest::proptest! {
+        /// Routing takes any `Host` and path a client sends: it never
+        /// panics, picks only a served name, and hands the guest a path
+        /// that starts with `/` whenever the request's did.
+        #[test]
+        fn routing_takes_any_host_and_path(
+            names in proptest::collection::btree_set("[a-z][a-z0-9-]{0,8}", 1..4),
+            host in proptest::option::of(".{0,40}"),
+            path in "/.{0,60}",
+        ) {
+            let functions: BTreeMap<String, ()> = names.into_iter().map(|n| (n, ())).collect();
+            if let Some((name, _, guest_path)) = route(&functions, host.as_deref(), &path) {
+                proptest::prop_assert!(functions.contains_key(name));
+                proptest::prop_assert!(guest_path.starts_with('/'), "{guest_path:?}");
+            }
+        }
     }
 }
