@@ -385,6 +385,7 @@ async fn build(
     tag: Option<TagRef>,
 ) -> Result<BuildOutcome> {
     let store = source.store.open()?;
+    warn_init_env_is_public(&source.init_env);
     let progress = Arc::new(BuildProgress::new());
     let wasm = read_or_build_module(&source.path, source.go_buildmode, &progress)?;
     let builder = builder(store)?;
@@ -414,6 +415,22 @@ async fn build(
             Err(e).context(format!("building {}", source.path.display()))
         }
     }
+}
+
+/// Init runs at build time, so what it reads is baked into the snapshot,
+/// which anyone who can pull the build can read. Said before every build
+/// that passes `--init-env`, naming the variables (never their values).
+fn warn_init_env_is_public(init_env: &[(String, String)]) {
+    if init_env.is_empty() {
+        return;
+    }
+    let names: Vec<_> = init_env.iter().map(|(k, _)| k.as_str()).collect();
+    eprintln!(
+        "warning: --init-env values are baked into the snapshot, readable by anyone who can \
+         pull this build ({}); pass secrets at run time instead \
+         (thaw-runner --function-env NAME:KEY=VALUE)",
+        names.join(", ")
+    );
 }
 
 fn builder(store: ArtifactStore) -> Result<Builder> {

@@ -163,6 +163,7 @@ pub struct PushArgs {
 }
 
 pub async fn push(args: PushArgs) -> Result<()> {
+    crate::warn_init_env_is_public(&args.init_env);
     let progress = Arc::new(BuildProgress::new());
     let wasm = read_or_build_module(&args.path, args.go_buildmode, &progress)?;
     let client = RegistryClient::new(&args.remote.registry, TrustedKeys::default())?

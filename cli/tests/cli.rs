@@ -340,3 +340,37 @@ fn fsck_repair_removes_what_cannot_be_trusted_and_leaves_foreign_keys() {
     assert!(consistent.status.success(), "{stderr}");
     assert!(stderr.contains("consistent"), "{stderr}");
 }
+
+#[test]
+fn init_env_is_flagged_public_and_runtime_env_flags_are_checked() {
+    let home = tempfile::tempdir().unwrap();
+    // The warning comes before anything is built, and names only the keys.
+    let err = failed(thaw(
+        home.path(),
+        &["build", "/nonexistent", "--init-env", "DB_PASSWORD=hunter2"],
+    ));
+    assert!(
+        err.contains("baked into the snapshot") && err.contains("DB_PASSWORD"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+
+    let err = failed(thaw(
+        home.path(),
+        &["run", "hello:v1", "--function-env", "no-separator"],
+    ));
+    assert!(err.contains("is not NAME:KEY=VALUE"), "{err}");
+    let err = failed(thaw(
+        home.path(),
+        &[
+            "run",
+            "hello:v1",
+            "--function-env-file",
+            "hello:/nonexistent/secrets.env",
+        ],
+    ));
+    assert!(
+        err.contains("environment file /nonexistent/secrets.env"),
+        "{err}"
+    );
+}

@@ -14,6 +14,18 @@ pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
 }
 
+/// Parses the text of an environment file: one `KEY=VALUE` per line, taken
+/// literally (no quoting, no expansion); blank lines and lines starting
+/// with `#` are skipped.
+pub fn parse_env_file(text: &str) -> Result<Vec<(String, String)>, String> {
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| (i + 1, line.trim_end_matches('\r')))
+        .filter(|(_, line)| !line.trim().is_empty() && !line.trim_start().starts_with('#'))
+        .map(|(number, line)| parse_key_value(line).map_err(|e| format!("line {number}: {e}")))
+        .collect()
+}
+
 /// Parses a duration: `500ms`, `30s`, `2m`, `1h 30m` (humantime's syntax),
 /// or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -42,5 +54,11 @@ mod tests {
         assert_eq!(parse_key_value("A=").unwrap(), ("A".into(), "".into()));
         assert!(parse_key_value("=x").is_err());
         assert!(parse_key_value("novalue").is_err());
+        assert_eq!(
+            parse_env_file("# secrets\nA=1\r\n\nB=x=y\n").unwrap(),
+            vec![("A".into(), "1".into()), ("B".into(), "x=y".into())]
+        );
+        let err = parse_env_file("A=1\nnot a pair\n").unwrap_err();
+        assert!(err.starts_with("line 2:"), "{err}");
     }
 }

@@ -74,10 +74,39 @@ pub struct AccessRecord {
     pub total: Duration,
 }
 
-/// Two functions would be served under one name.
+/// The functions and their environments do not fit together.
 #[derive(Debug, thiserror::Error)]
-#[error("two functions would be served as {0:?}; serve them from separate runners or retag one")]
-pub struct DuplicateName(pub String);
+pub enum AppError {
+    /// Two functions would be served under one name.
+    #[error(
+        "two functions would be served as {0:?}; serve them from separate runners or retag one"
+    )]
+    DuplicateName(String),
+    /// An environment was given for a function that is not served.
+    #[error("an environment is given for {0:?}, which is not served (serving: {1})")]
+    UnknownFunction(String, String),
+}
+
+/// The environment functions see, besides per-request metadata. It is
+/// where runtime configuration and secrets belong: unlike `--init-env`,
+/// nothing here enters a snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FunctionEnv {
+    /// Variables every function sees.
+    pub shared: Vec<(String, String)>,
+    /// Variables only one function sees, by its served name; they come
+    /// after the shared ones, so they win.
+    pub by_function: BTreeMap<String, Vec<(String, String)>>,
+}
+
+impl FunctionEnv {
+    /// What function `name` sees.
+    fn of(&self, name: &str) -> Vec<(String, String)> {
+        let mut env = self.shared.clone();
+        env.extend(self.by_function.get(name).into_iter().flatten().cloned());
+        env
+    }
+}
 
 /// Why [`App::load`] (or the options that lead to it) failed.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +114,14 @@ pub enum LoadAppError {
     /// No artifact cache directory is known.
     #[error("no cache directory: set THAW_HOME or pass --cache-dir")]
     NoCacheDir,
+    /// An environment file cannot be read or parsed.
+    #[error("environment file {path}: {reason}")]
+    EnvFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The store could not be opened.
     #[error("opening the store")]
     Store(#[from] thaw_store::StoreError),
@@ -100,9 +137,9 @@ pub enum LoadAppError {
         #[source]
         source: RunError,
     },
-    /// Two references share a name.
+    /// The functions and their environments do not fit together.
     #[error(transparent)]
-    Duplicate(#[from] DuplicateName),
+    App(#[from] AppError),
 }
 
 /// Called after every request, e.g. to report the first one.
@@ -111,7 +148,7 @@ pub type ResponseHook = Box<dyn Fn(&AccessRecord) + Send + Sync>;
 /// The functions served, and how.
 pub struct App {
     functions: BTreeMap<String, Arc<Function>>,
-    env: Vec<(String, String)>,
+    env: FunctionEnv,
     limits: RequestLimits,
     slots: Arc<Semaphore>,
     metrics: Metrics,
@@ -120,20 +157,27 @@ pub struct App {
 }
 
 impl App {
-    /// Serves `functions` (by name; names must be unique). `env` is the
-    /// environment every function sees, before per-request metadata. At
-    /// most `max_concurrency` requests run at once; the rest get 503.
+    /// Serves `functions` (by name; names must be unique) with `env`,
+    /// before per-request metadata. At most `max_concurrency` requests run
+    /// at once; the rest get 503.
     pub fn new(
         functions: impl IntoIterator<Item = (String, Function)>,
-        env: Vec<(String, String)>,
+        env: FunctionEnv,
         limits: RequestLimits,
         max_concurrency: usize,
-    ) -> Result<Self, DuplicateName> {
+    ) -> Result<Self, AppError> {
         let mut by_name = BTreeMap::new();
         for (name, function) in functions {
             if by_name.insert(name.clone(), Arc::new(function)).is_some() {
-                return Err(DuplicateName(name));
+                return Err(AppError::DuplicateName(name));
             }
+        }
+        if let Some(unknown) = env.by_function.keys().find(|n| !by_name.contains_key(*n)) {
+            let served: Vec<_> = by_name.keys().map(String::as_str).collect();
+            return Err(AppError::UnknownFunction(
+                unknown.clone(),
+                served.join(", "),
+            ));
         }
         Ok(Self {
             functions: by_name,
@@ -147,14 +191,13 @@ impl App {
     }
 
     /// Loads every reference from `source` into `runner` and serves them
-    /// by name ([`function_name`]). `env` is the environment every function
-    /// sees; at most as many requests as the runner has instance slots run
-    /// at once.
+    /// by name ([`function_name`]) with `env`; at most as many requests as
+    /// the runner has instance slots run at once.
     pub async fn load(
         runner: &Runner,
         source: &impl ArtifactSource,
         references: &[Reference],
-        env: Vec<(String, String)>,
+        env: FunctionEnv,
         limits: RequestLimits,
     ) -> Result<Self, LoadAppError> {
         let mut functions = Vec::new();
@@ -381,7 +424,7 @@ async fn run(
         return (response, None);
     };
 
-    let mut env = app.env.clone();
+    let mut env = app.env.of(name);
     env.push(("THAW_FUNCTION".into(), name.to_string()));
     env.push(("THAW_REQUEST_ID".into(), request_id.to_string()));
     env.push(("THAW_REMOTE_ADDR".into(), remote.to_string()));

@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use thaw_core::Reference;
-use thaw_core::settings::{parse_duration, parse_key_value};
+use thaw_core::settings::{parse_duration, parse_env_file, parse_key_value};
 use thaw_core::signing::PublicKey;
 
 use thaw_http::ConnectionArgs;
 
-use crate::http::{App, DEFAULT_MAX_BODY, LoadAppError, RequestLimits};
+use crate::http::{App, DEFAULT_MAX_BODY, FunctionEnv, LoadAppError, RequestLimits};
 use crate::{
     Allocator, ArtifactSource, DEFAULT_KEEP_RESIDENT, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_MEMORY,
     DEFAULT_MAX_STDERR, DEFAULT_MAX_STDOUT, Runner, RunnerConfig, Source,
@@ -61,6 +61,18 @@ pub struct ServeOptions {
     /// An environment variable every function sees, `KEY=VALUE`; repeatable.
     #[arg(long = "env", value_parser = parse_key_value)]
     pub env: Vec<(String, String)>,
+    /// A file of `KEY=VALUE` lines every function sees (`#` comments).
+    #[arg(long = "env-file", env = "THAW_ENV_FILE")]
+    pub env_file: Option<PathBuf>,
+    /// A variable only one function sees, `NAME:KEY=VALUE`; repeatable.
+    /// This is where runtime secrets go: unlike `--init-env`, nothing here
+    /// enters a snapshot.
+    #[arg(long = "function-env", value_parser = parse_function_env)]
+    pub function_env: Vec<(String, (String, String))>,
+    /// A file of `KEY=VALUE` lines only one function sees, `NAME:FILE`;
+    /// repeatable.
+    #[arg(long = "function-env-file", value_parser = parse_function_env_file)]
+    pub function_env_files: Vec<(String, PathBuf)>,
     /// Directory of verified artifacts. Default: `<cache home>/artifacts`.
     #[arg(long, env = "THAW_ARTIFACT_CACHE")]
     pub cache_dir: Option<PathBuf>,
@@ -100,7 +112,60 @@ impl ServeOptions {
             max_body: self.max_body_bytes,
             body_timeout: self.body_timeout,
         };
-        App::load(&runner, source, references, self.env.clone(), limits).await
+        App::load(&runner, source, references, self.function_env()?, limits).await
+    }
+
+    /// The environment these options give functions, files read.
+    pub fn function_env(&self) -> Result<FunctionEnv, LoadAppError> {
+        let mut env = FunctionEnv {
+            shared: self.env.clone(),
+            ..FunctionEnv::default()
+        };
+        if let Some(file) = &self.env_file {
+            env.shared.extend(read_env_file(file)?);
+        }
+        for (name, file) in &self.function_env_files {
+            let pairs = read_env_file(file)?;
+            env.by_function
+                .entry(name.clone())
+                .or_default()
+                .extend(pairs);
+        }
+        for (name, pair) in &self.function_env {
+            env.by_function
+                .entry(name.clone())
+                .or_default()
+                .push(pair.clone());
+        }
+        Ok(env)
+    }
+}
+
+fn read_env_file(path: &std::path::Path) -> Result<Vec<(String, String)>, LoadAppError> {
+    let invalid = |reason: String| LoadAppError::EnvFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+    parse_env_file(&text).map_err(invalid)
+}
+
+/// Parses `NAME:KEY=VALUE`.
+fn parse_function_env(text: &str) -> Result<(String, (String, String)), String> {
+    let (name, pair) = function_and(text, "NAME:KEY=VALUE")?;
+    Ok((name, parse_key_value(pair)?))
+}
+
+/// Parses `NAME:FILE`.
+fn parse_function_env_file(text: &str) -> Result<(String, PathBuf), String> {
+    let (name, file) = function_and(text, "NAME:FILE")?;
+    Ok((name, PathBuf::from(file)))
+}
+
+fn function_and<'a>(text: &'a str, shape: &str) -> Result<(String, &'a str), String> {
+    match text.split_once(':') {
+        Some((name, rest)) if !name.is_empty() && !rest.is_empty() => Ok((name.to_string(), rest)),
+        _ => Err(format!("{text:?} is not {shape}")),
     }
 }
 

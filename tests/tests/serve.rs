@@ -9,7 +9,7 @@ use thaw_builder::{BuildRequest, Builder};
 use thaw_core::{Reference, TargetProfile};
 use thaw_gobuild::BuildMode;
 use thaw_http::ConnectionLimits;
-use thaw_runner::http::{App, RequestLimits};
+use thaw_runner::http::{App, AppError, FunctionEnv, RequestLimits};
 use thaw_runner::{Runner, RunnerConfig, function_name};
 use thaw_store::ArtifactStore;
 use thaw_tests::build_go;
@@ -51,10 +51,29 @@ async fn serve(
     serve_within(store, names, configure, limits, ConnectionLimits::default()).await
 }
 
+/// The environment every test server gives its functions.
+fn live_env() -> FunctionEnv {
+    FunctionEnv {
+        shared: vec![("FUNCTION_MODE".into(), "live".into())],
+        ..FunctionEnv::default()
+    }
+}
+
 async fn serve_within(
     store: &ArtifactStore,
     names: &[&str],
     configure: impl FnOnce(&mut RunnerConfig),
+    limits: RequestLimits,
+    connections: ConnectionLimits,
+) -> Server {
+    serve_with_env(store, names, configure, live_env(), limits, connections).await
+}
+
+async fn serve_with_env(
+    store: &ArtifactStore,
+    names: &[&str],
+    configure: impl FnOnce(&mut RunnerConfig),
+    env: FunctionEnv,
     limits: RequestLimits,
     connections: ConnectionLimits,
 ) -> Server {
@@ -71,13 +90,7 @@ async fn serve_within(
             runner.load(store, &reference).await.unwrap(),
         ));
     }
-    let app = App::new(
-        functions,
-        vec![("FUNCTION_MODE".into(), "live".into())],
-        limits,
-        max_instances,
-    )
-    .unwrap();
+    let app = App::new(functions, env, limits, max_instances).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address: SocketAddr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -304,6 +317,60 @@ async fn limits_give_the_right_status_while_good_requests_succeed() {
             "{limit}: {metrics}"
         );
     }
+}
+
+/// Runtime configuration and secrets reach one function through the
+/// runner, never through a snapshot, and no other function sees them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_function_sees_its_own_environment_and_no_other_functions() {
+    let store = store_with(&["examples/json-api"]).await;
+    let (digest, _) = store
+        .resolve(&"json-api:v1".parse().unwrap())
+        .await
+        .unwrap();
+    store
+        .set_tag(&"vault:v1".parse().unwrap(), &digest)
+        .await
+        .unwrap();
+    let mut env = live_env();
+    env.by_function.insert(
+        "vault".into(),
+        vec![("FUNCTION_MODE".into(), "secret-for-vault".into())],
+    );
+    let server = serve_with_env(
+        &store,
+        &["json-api", "vault"],
+        |_| {},
+        env,
+        RequestLimits::default(),
+        ConnectionLimits::default(),
+    )
+    .await;
+    let get = |path: &str| reqwest::get(format!("{}{path}", server.base));
+    let vault = get("/vault/env").await.unwrap().text().await.unwrap();
+    assert_eq!(vault.trim(), r#"{"FUNCTION_MODE":"secret-for-vault"}"#);
+    let other = get("/json-api/env").await.unwrap().text().await.unwrap();
+    assert_eq!(other.trim(), r#"{"FUNCTION_MODE":"live"}"#);
+
+    // An environment for a function that is not served is a mistake.
+    let cache = tempfile::tempdir().unwrap();
+    let runner = Runner::new(RunnerConfig::new(cache.path())).unwrap();
+    let function = runner
+        .load(&store, &"json-api:v1".parse().unwrap())
+        .await
+        .unwrap();
+    let mut typo = FunctionEnv::default();
+    typo.by_function.insert("jsn-api".into(), vec![]);
+    let err = App::new(
+        [("json-api".to_string(), function)],
+        typo,
+        RequestLimits::default(),
+        1,
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, AppError::UnknownFunction(..)), "{err}");
+    assert!(err.to_string().contains("json-api"), "{err}");
 }
 
 /// Regression (slowloris): four POSTs that never sent their bodies held
