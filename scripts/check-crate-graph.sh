@@ -32,6 +32,15 @@ forbid thaw-client "wasmtime|wasmtime-wasi|object_store|$service" "clients need 
 forbid thaw-builder "$service|reqwest|thaw-client" "a local build must not link the service"
 forbid thaw-registry "thaw-client" "the server takes its wire types from thaw-core, not from the client"
 
+# Test-only fault injection must never reach a binary.
+for binary in thaw thaw-runner; do
+    if cargo tree -p "$binary" -e normal,features --prefix none --locked \
+        | grep -q 'feature "test-hooks"'; then
+        echo "crate graph: $binary links thaw-builder's test-hooks feature" >&2
+        failed=1
+    fi
+done
+
 if [ "$failed" -ne 0 ]; then
     exit 1
 fi

@@ -427,8 +427,8 @@ fn warn_init_env_is_public(init_env: &[(String, String)]) {
     let names: Vec<_> = init_env.iter().map(|(k, _)| k.as_str()).collect();
     eprintln!(
         "warning: --init-env values are baked into the snapshot, readable by anyone who can \
-         pull this build ({}); pass secrets at run time instead \
-         (thaw-runner --function-env NAME:KEY=VALUE)",
+         pull this build ({}); give secrets to the runner instead \
+         (thaw-runner --function-env-file NAME:FILE)",
         names.join(", ")
     );
 }

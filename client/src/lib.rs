@@ -64,8 +64,9 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientTimeouts {
     /// The longest silence while reading any answer (a blob, an event
-    /// stream, the answer to an upload); the registry's event streams send
-    /// a keep-alive every 15 s. `THAW_REGISTRY_READ_TIMEOUT` overrides it.
+    /// stream); the registry's event streams send a keep-alive every 15 s.
+    /// Uploads are exempt: the registry bounds them with its body timeout.
+    /// `THAW_REGISTRY_READ_TIMEOUT` overrides it.
     pub read: Duration,
     /// The whole of a small request: a tag, a tag list, a manifest, a
     /// build's status. `THAW_REGISTRY_REQUEST_TIMEOUT` overrides it.
@@ -202,6 +203,10 @@ pub struct VerifiedBlob {
 pub struct RegistryClient {
     base: String,
     http: reqwest::Client,
+    /// For uploads: reqwest's read timeout runs from the first byte sent,
+    /// so a large module on a slow link would trip it; the registry bounds
+    /// an upload with its own body timeout instead.
+    uploads: reqwest::Client,
     timeouts: ClientTimeouts,
     token: Option<String>,
     trusted: TrustedKeys,
@@ -218,7 +223,8 @@ impl RegistryClient {
         }
         let timeouts = ClientTimeouts::from_env()?;
         Ok(Self {
-            http: http_client(&base, &timeouts)?,
+            http: http_client(&base, Some(timeouts.read))?,
+            uploads: http_client(&base, None)?,
             base,
             timeouts,
             token: None,
@@ -229,7 +235,7 @@ impl RegistryClient {
 
     /// Waits on the registry as `timeouts` say.
     pub fn with_timeouts(mut self, timeouts: ClientTimeouts) -> Result<Self, ClientError> {
-        self.http = http_client(&self.base, &timeouts)?;
+        self.http = http_client(&self.base, Some(timeouts.read))?;
         self.timeouts = timeouts;
         Ok(self)
     }
@@ -503,18 +509,19 @@ async fn error_of(url: &str, response: reqwest::Response) -> ClientError {
     }
 }
 
-/// The reqwest client for `base`: connect and read timeouts, and thaw's
-/// user agent.
-fn http_client(base: &str, timeouts: &ClientTimeouts) -> Result<reqwest::Client, ClientError> {
-    reqwest::Client::builder()
+/// A reqwest client for `base`: a connect timeout, a read timeout when
+/// given, and thaw's user agent.
+fn http_client(base: &str, read: Option<Duration>) -> Result<reqwest::Client, ClientError> {
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
-        .read_timeout(timeouts.read)
-        .user_agent(concat!("thaw/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|source| ClientError::Transport {
-            url: base.to_string(),
-            source,
-        })
+        .user_agent(concat!("thaw/", env!("CARGO_PKG_VERSION")));
+    if let Some(read) = read {
+        builder = builder.read_timeout(read);
+    }
+    builder.build().map_err(|source| ClientError::Transport {
+        url: base.to_string(),
+        source,
+    })
 }
 
 /// The whole body of `response`, refused as soon as it is known to be

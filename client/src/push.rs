@@ -105,7 +105,7 @@ impl RegistryClient {
         let url = self.url("/v1/builds");
         let post = || async {
             let request = self
-                .authorize(self.http.post(&url))
+                .authorize(self.uploads.post(&url))
                 .query(&query)
                 .header(CONTENT_TYPE, "application/wasm")
                 .body(wasm.clone());

@@ -35,12 +35,46 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> std::i
         tmp.as_file().sync_all()?;
     }
     tmp.persist(path).map_err(|e| e.error)?;
-    // The rename itself is durable only once the directory is synced.
-    #[cfg(unix)]
     if durability == Durability::Synced {
-        std::fs::File::open(dir)?.sync_all()?;
+        sync_directory(dir)?;
     }
     Ok(())
+}
+
+/// Flushes `file`, then every directory from its parent up to `root`, so
+/// that the file and each name leading to it (a rename, a directory just
+/// created) survive a power loss.
+pub fn sync_with_parents(file: &Path, root: &Path) -> std::io::Result<()> {
+    std::fs::File::open(file)?.sync_all()?;
+    for dir in file.ancestors().skip(1) {
+        sync_directory(dir)?;
+        if dir == root {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Flushes a directory's entries. Where directories cannot be synced (not
+/// Unix, or a file system that refuses it), there is nothing more to do.
+fn sync_directory(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    match std::fs::File::open(dir)?.sync_all() {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::Unsupported
+            ) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use futures::stream::{self, BoxStream, StreamExt};
 use serde::{Deserialize, Serialize};
-use thaw_builder::{BuildEvent, BuildRequest, PendingBuild};
+use thaw_builder::{BuildError, BuildEvent, BuildRequest, PendingBuild};
 use thaw_core::api::{BuildResponse, BuildState, BuildStatus, StepStatus};
 use thaw_core::error::chain;
 use thaw_core::settings::parse_key_value;
@@ -256,8 +256,9 @@ pub async fn submit(
         }
     };
     let config = &shared.config;
-    // Admission before buffering: a module is held in memory from here.
-    let Ok(upload) = shared.uploads.clone().try_acquire_owned() else {
+    // Admission before buffering: a module is held in memory from here
+    // until this submission is answered (queued, joined or refused).
+    let Ok(_upload) = shared.uploads.clone().try_acquire_owned() else {
         crate::discard_body(body, config.max_module_bytes).await;
         shared.metrics.build("rejected");
         return Err(ApiError::unavailable(
@@ -269,7 +270,6 @@ pub async fn submit(
         ));
     };
     let wasm = read_module(&headers, body, config.max_module_bytes, config.body_timeout).await?;
-    drop(upload);
 
     let mut snapshot = shared.config.snapshot.clone();
     snapshot.env = submission.init_env;
@@ -278,12 +278,23 @@ pub async fn submit(
         snapshot,
         tag: None,
     };
-    let prepared = match shared.builder.prepare(wasm, &request) {
+    // Hashing a large module takes a while: not on an async worker.
+    let prepared = {
+        let service = service.clone();
+        tokio::task::spawn_blocking(move || service.0.builder.prepare(wasm, &request))
+            .await
+            .expect("hashing does not panic")
+    };
+    let inspected = match prepared {
         Ok(build) => shared.builder.inspect(build).await,
         Err(e) => Err(e),
     };
-    let build = match prepared {
+    let build = match inspected {
         Ok(build) => build,
+        Err(e @ BuildError::Panicked { .. }) => {
+            shared.metrics.build("failed");
+            return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, chain(&e)));
+        }
         Err(e) => {
             shared.metrics.build("rejected");
             return Err(ApiError::bad_request(chain(&e)));

@@ -108,6 +108,25 @@ impl FunctionEnv {
     }
 }
 
+/// `env` with each name once, holding its last value. Go's runtime keeps
+/// the *first* of duplicate names, so the later, more specific value (a
+/// function's own over a shared one, the runner's metadata over both)
+/// must be the only one.
+fn last_value_wins(env: Vec<(String, String)>) -> Vec<(String, String)> {
+    let mut position: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut out: Vec<(String, String)> = Vec::with_capacity(env.len());
+    for (key, value) in env {
+        match position.get(&key) {
+            Some(&at) => out[at].1 = value,
+            None => {
+                position.insert(key.clone(), out.len());
+                out.push((key, value));
+            }
+        }
+    }
+    out
+}
+
 /// Why [`App::load`] (or the options that lead to it) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadAppError {
@@ -151,6 +170,10 @@ pub struct App {
     env: FunctionEnv,
     limits: RequestLimits,
     slots: Arc<Semaphore>,
+    /// KiB of request bodies that may be held at once: as many full bodies
+    /// as there are slots, so reading bodies before taking a slot costs no
+    /// more memory than taking the slot first did.
+    body_budget: Arc<Semaphore>,
     metrics: Metrics,
     request_ids: AtomicU64,
     on_response: Option<ResponseHook>,
@@ -184,6 +207,10 @@ impl App {
             env,
             limits,
             slots: Arc::new(Semaphore::new(max_concurrency)),
+            body_budget: Arc::new(Semaphore::new(
+                (max_concurrency * kib(limits.max_body as u64) as usize)
+                    .min(Semaphore::MAX_PERMITS),
+            )),
             metrics: Metrics::default(),
             request_ids: AtomicU64::new(1),
             on_response: None,
@@ -388,6 +415,37 @@ async fn run(
 ) -> (Response, Option<Duration>) {
     let (parts, body) = request.into_parts();
     let limits = app.limits;
+    // A body is reserved against the budget before it is read: its
+    // declared size, or the most it may be when it declares none.
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let reserve = match declared {
+        Some(length) => kib(length.min(limits.max_body as u64)),
+        None if parts.headers.contains_key(header::TRANSFER_ENCODING) => {
+            kib(limits.max_body as u64)
+        }
+        None => 0,
+    };
+    let _body_budget = match reserve {
+        0 => None,
+        kib => match app.body_budget.clone().try_acquire_many_owned(kib) {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                app.metrics.limit_hit(name, "body_budget");
+                let mut response = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many request bodies are being read; retry shortly",
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return (response, None);
+            }
+        },
+    };
     let body = match thaw_http::read_body(
         &parts.headers,
         body,
@@ -444,6 +502,7 @@ async fn run(
         }
     };
 
+    let env = last_value_wins(env);
     // A guard, because hyper drops this future when the client goes away.
     let _in_flight = InFlight::enter(&app.metrics);
     let result = function.call(stdin, &env).await;
@@ -457,6 +516,11 @@ async fn run(
         }
         Err(e) => (run_error(app, name, e), None),
     }
+}
+
+/// `bytes` in whole KiB, rounded up: the unit of the body budget.
+fn kib(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
 /// Counts a running instance for as long as it lives.
@@ -672,6 +736,26 @@ mod tests {
         assert_eq!(
             String::from_utf8(raw).unwrap(),
             "POST /a?b=1 HTTP/1.1\r\nhost: x\r\nContent-Length: 2\r\n\r\nhi"
+        );
+    }
+
+    #[test]
+    fn a_later_value_replaces_an_earlier_one_in_place() {
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let env = last_value_wins(vec![
+            pair("MODE", "shared"),
+            pair("A", "1"),
+            pair("MODE", "own"),
+            pair("THAW_FUNCTION", "spoofed"),
+            pair("THAW_FUNCTION", "api"),
+        ]);
+        assert_eq!(
+            env,
+            vec![
+                pair("MODE", "own"),
+                pair("A", "1"),
+                pair("THAW_FUNCTION", "api")
+            ]
         );
     }
 

@@ -117,13 +117,12 @@ impl ServeOptions {
 
     /// The environment these options give functions, files read.
     pub fn function_env(&self) -> Result<FunctionEnv, LoadAppError> {
-        let mut env = FunctionEnv {
-            shared: self.env.clone(),
-            ..FunctionEnv::default()
-        };
+        // Files first, then flags: a flag overrides a file's value.
+        let mut env = FunctionEnv::default();
         if let Some(file) = &self.env_file {
             env.shared.extend(read_env_file(file)?);
         }
+        env.shared.extend(self.env.iter().cloned());
         for (name, file) in &self.function_env_files {
             let pairs = read_env_file(file)?;
             env.by_function

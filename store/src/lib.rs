@@ -334,9 +334,9 @@ impl ArtifactStore {
         Ok(())
     }
 
-    /// The stored blob `digest` of `size` bytes, if it is there and
-    /// verifies. A corrupt copy is reported as absent (and logged), so the
-    /// caller's write replaces it.
+    /// The stored blob `digest` of `size` bytes, if it is there (and, in a
+    /// directory store, verifies). A corrupt copy is reported as absent
+    /// (and logged), so the caller's write replaces it.
     async fn intact_blob(&self, digest: &Digest, size: u64) -> Result<Option<BlobRef>, StoreError> {
         let Some(compressed_size) = self.stored_blob_size(digest).await? else {
             return Ok(None);
@@ -346,6 +346,11 @@ impl ArtifactStore {
             size,
             compressed_size,
         };
+        // An object store's PUT is atomic and durable: what is there is
+        // whole. Only files can be torn by a power loss.
+        if self.local_root.is_none() {
+            return Ok(Some(blob));
+        }
         match self.get_blob(&blob).await {
             Ok(_) => Ok(Some(blob)),
             Err(StoreError::Blob(e)) => {
@@ -617,7 +622,14 @@ impl ArtifactStore {
                             }
                         }
                     }
-                    Err(e) => problems.push(untrusted(thaw_core::error::chain(&e))),
+                    // Only what the bytes say makes a manifest untrusted; a
+                    // store that failed to answer is an error, not a verdict.
+                    Err(e @ StoreError::Manifest(_)) => {
+                        problems.push(untrusted(thaw_core::error::chain(&e)))
+                    }
+                    // Removed since it was listed.
+                    Err(StoreError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
                 }
             } else if let Some(hex) = key.strip_prefix("signatures/sha256/") {
                 if !self
@@ -684,21 +696,19 @@ impl ArtifactStore {
         self.sync(path).await
     }
 
-    /// On a directory store, flushes the object at `path` and the rename
-    /// that published it (its directory) to disk. `object_store` stages
-    /// and renames, but never syncs.
+    /// On a directory store, flushes the object at `path` and every
+    /// directory up to the root (the rename that published it, and any
+    /// folder just created for it) to disk. `object_store` stages and
+    /// renames, but never syncs.
     async fn sync(&self, path: &Path) -> Result<(), StoreError> {
         let Some(root) = &self.local_root else {
             return Ok(());
         };
-        let file = root.join(path.as_ref());
-        let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            std::fs::File::open(&file)?.sync_all()?;
-            let dir = file.parent().expect("objects live in a directory");
-            std::fs::File::open(dir)?.sync_all()
-        })
-        .await
-        .expect("syncing does not panic");
+        let (root, file) = (root.clone(), root.join(path.as_ref()));
+        let synced =
+            tokio::task::spawn_blocking(move || thaw_core::fs::sync_with_parents(&file, &root))
+                .await
+                .expect("syncing does not panic");
         synced.map_err(|source| StoreError::Sync {
             key: path.to_string(),
             source,

@@ -249,7 +249,7 @@ async fn a_corrupt_tag_is_reported_and_the_others_still_list() {
     );
 }
 
-/// Regression: `put_blob` counted any stored object as present, so a blob
+/// Regression: `put_blob` counted any stored file as present, so a blob
 /// torn by a power loss was never rewritten and every later build reused it.
 #[tokio::test]
 async fn a_truncated_blob_is_replaced_by_the_next_write() {

@@ -440,6 +440,49 @@ async fn slow_clients_hold_no_slot_and_time_out_while_others_are_served() {
     }
 }
 
+/// Regression: with bodies read before a slot is taken, every connection
+/// could buffer a full body at once. Bodies now draw on a budget of as many
+/// full bodies as there are slots; requests without a body are unaffected.
+#[tokio::test(flavor = "multi_thread")]
+async fn request_bodies_draw_on_a_budget_of_one_full_body_per_slot() {
+    use tokio::io::AsyncWriteExt;
+    let store = store_with(&["tests/fixtures/go/misbehave"]).await;
+    let server = serve(
+        &store,
+        &["misbehave"],
+        |config| config.max_instances = 1,
+        4096,
+    )
+    .await;
+    let address = server.base.trim_start_matches("http://").to_string();
+    // A client declaring a full-size body, then sending none, holds the
+    // whole budget...
+    let mut stalled = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stalled
+        .write_all(b"POST /ok HTTP/1.1\r\nHost: x\r\nContent-Length: 4096\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let client = reqwest::Client::new();
+    // ...so another body is refused at once, not buffered...
+    let refused = client
+        .post(format!("{}/ok", server.base))
+        .body("0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    // ...while a request without a body is served.
+    let ok = client
+        .get(format!("{}/ok", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    drop(stalled);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_runner_answers_503_with_retry_after() {
     let store = store_with(&["tests/fixtures/go/misbehave"]).await;
