@@ -66,8 +66,8 @@ pub struct RegistryArgs {
     #[arg(long, env = "THAW_MAX_MODULE_MIB", default_value_t = DEFAULT_MAX_MODULE_BYTES >> 20)]
     max_module_mib: usize,
     /// Time a whole upload has to arrive; slower gets 408.
-    #[arg(long, env = "THAW_BODY_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
-    body_timeout: Duration,
+    #[arg(long, env = "THAW_UPLOAD_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    upload_timeout: Duration,
     /// Uploads read at once; more get 503 with Retry-After before their
     /// bodies are buffered.
     #[arg(long, env = "THAW_MAX_UPLOADS", default_value_t = DEFAULT_MAX_UPLOADS)]
@@ -100,7 +100,7 @@ pub async fn registry(args: RegistryArgs) -> Result<()> {
     let mut config = ServiceConfig::new(tokens);
     config.pull_requires_token = args.pull_requires_token;
     config.max_module_bytes = args.max_module_mib << 20;
-    config.body_timeout = args.body_timeout;
+    config.body_timeout = args.upload_timeout;
     config.max_uploads = args.max_uploads;
     config.queue_capacity = args.queue;
     config.workers = args.workers;

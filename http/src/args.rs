@@ -17,6 +17,9 @@ pub struct ConnectionArgs {
     /// Client connections held at once; more wait in the listen backlog.
     #[arg(long, env = "THAW_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// How long in-flight requests get to finish after SIGTERM or Ctrl-C.
+    #[arg(long, env = "THAW_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
 }
 
 impl ConnectionArgs {
@@ -25,6 +28,7 @@ impl ConnectionArgs {
         ConnectionLimits {
             header_timeout: self.header_timeout,
             max_connections: self.max_connections,
+            shutdown_grace: self.shutdown_grace,
         }
     }
 }

@@ -45,6 +45,8 @@ use tracing::Span;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default [`ConnectionLimits::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default [`ConnectionLimits::shutdown_grace`].
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 #[cfg(feature = "clap")]
 mod args;
@@ -62,6 +64,9 @@ pub struct ConnectionLimits {
     /// Connections held at once. Beyond it the server stops accepting, and
     /// new connections wait in the kernel's listen backlog.
     pub max_connections: usize,
+    /// How long in-flight requests (and open event streams) get to finish
+    /// after a shutdown signal before their connections are dropped.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -69,13 +74,15 @@ impl Default for ConnectionLimits {
         Self {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }
 
 /// Serves `router` over HTTP/1.1 on `listener` within `limits` until
-/// `shutdown` completes, then lets in-flight requests finish. Handlers can
-/// extract the client's address (`ConnectInfo<SocketAddr>`).
+/// `shutdown` completes, then lets in-flight requests finish, for at most
+/// [`ConnectionLimits::shutdown_grace`]. Handlers can extract the client's
+/// address (`ConnectInfo<SocketAddr>`).
 ///
 /// Every server gets the same outer layers: a handler that panics answers
 /// 500 instead of dropping the connection (and every other request on it),
@@ -124,7 +131,12 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?limits.shutdown_grace, "shutting down with requests still open");
+    }
     Ok(())
 }
 
@@ -366,11 +378,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn shutdown_waits_for_open_requests_only_as_long_as_the_grace() {
+        use tokio::io::AsyncWriteExt;
+        let router = axum::Router::new().route(
+            "/forever",
+            axum::routing::get(std::future::pending::<&'static str>),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let limits = ConnectionLimits {
+            shutdown_grace: Duration::from_millis(300),
+            ..ConnectionLimits::default()
+        };
+        let server = tokio::spawn(serve(listener, router, limits, async {
+            let _ = stopped.await;
+        }));
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(b"GET /forever HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.send(()).unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), server).await;
+        assert!(ended.is_ok(), "shutdown waited past its grace");
+    }
+
+    #[tokio::test]
     async fn idle_and_half_sent_connections_are_closed_and_free_their_slot() {
         let router = axum::Router::new().route("/ok", axum::routing::get(|| async { "ok" }));
         let limits = ConnectionLimits {
             header_timeout: Duration::from_millis(300),
             max_connections: 1,
+            ..ConnectionLimits::default()
         };
         let address = start(router, limits).await;
         // A client that sends half a request line holds the only slot...
