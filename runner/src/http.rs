@@ -434,15 +434,8 @@ async fn run(
         kib => match app.body_budget.clone().try_acquire_many_owned(kib) {
             Ok(permit) => Some(permit),
             Err(_) => {
-                app.metrics.limit_hit(name, "body_budget");
-                let mut response = error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "too many request bodies are being read; retry shortly",
-                );
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return (response, None);
+                let reason = "too many request bodies are being read; retry shortly";
+                return (busy(app, name, "body_budget", reason), None);
             }
         },
     };
@@ -471,15 +464,8 @@ async fn run(
     // Only now, with the whole request in hand: a slow client holds no
     // instance slot.
     let Ok(_slot) = app.slots.clone().try_acquire_owned() else {
-        app.metrics.limit_hit(name, "concurrency");
-        let mut response = error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "all instances are busy; retry shortly",
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return (response, None);
+        let reason = "all instances are busy; retry shortly";
+        return (busy(app, name, "concurrency", reason), None);
     };
 
     let mut env = app.env.of(name);
@@ -516,6 +502,16 @@ async fn run(
         }
         Err(e) => (run_error(app, name, e), None),
     }
+}
+
+/// A 503 with `Retry-After: 1` for a request refused by `limit`.
+fn busy(app: &App, name: &str, limit: &'static str, reason: &str) -> Response {
+    app.metrics.limit_hit(name, limit);
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, reason);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 /// `bytes` in whole KiB, rounded up: the unit of the body budget.
