@@ -230,11 +230,7 @@ pub async fn read_body(
     limit: usize,
     within: Duration,
 ) -> Result<Bytes, BodyError> {
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if declared_length(headers).is_some_and(|n| n > limit as u64) {
         return Err(BodyError::TooLarge { limit });
     }
     let read = tokio::time::timeout(within, axum::body::to_bytes(body, limit));
@@ -250,6 +246,15 @@ pub async fn read_body(
             BodyError::Read(e)
         }
     })
+}
+
+/// The body length a request declares (`Content-Length`), if it declares
+/// a valid one.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 /// Reads and drops a request body that is being refused (at most `limit`

@@ -417,12 +417,7 @@ async fn run(
     let limits = app.limits;
     // A body is reserved against the budget before it is read: its
     // declared size, or the most it may be when it declares none.
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let reserve = match declared {
+    let reserve = match thaw_http::declared_length(&parts.headers) {
         Some(length) => kib(length.min(limits.max_body as u64)),
         None if parts.headers.contains_key(header::TRANSFER_ENCODING) => {
             kib(limits.max_body as u64)
