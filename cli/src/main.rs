@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
-use thaw_builder::thaw_compiler::{Compiler, IncrementalCache};
+use thaw_builder::thaw_compiler::{Compiler, IncrementalCache, Worker};
 use thaw_builder::thaw_snapshotter::{DEFAULT_INIT_MAX_MEMORY, SnapshotOptions};
 use thaw_builder::{BuildOutcome, BuildRequest, Builder};
 use thaw_core::fs::{Durability, write_atomic};
@@ -100,6 +100,18 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Compile a module in a child process for `thaw registry` (internal).
+    #[command(hide = true)]
+    CompileWorker {
+        #[arg(long)]
+        module: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
     /// Create a registry signing key; prints the public key runners trust.
     Keygen(service::KeygenArgs),
     /// Run the registry: the build API and the read API over a store.
@@ -109,6 +121,9 @@ enum Command {
     /// Fetch a build from a registry into the local store, verifying the
     /// manifest's signature and every blob's digest.
     Pull(service::PullArgs),
+    /// Show a tag's releases at a registry, newest first; or, given a
+    /// manifest digest, point the tag at it (a rollback or a promotion).
+    Tag(service::TagArgs),
     /// Show a stored build's manifest.
     Inspect {
         /// `name:tag` or a manifest digest.
@@ -296,10 +311,19 @@ async fn run(command: Command) -> Result<u8> {
             let source = source.open(&config.cache_dir)?;
             serve_functions(&source, &functions, &serve, false).await?;
         }
+        Command::CompileWorker {
+            module,
+            out,
+            targets,
+            cache_dir,
+        } => {
+            thaw_builder::thaw_compiler::worker::run(&module, &out, &targets, cache_dir.as_deref())?
+        }
         Command::Keygen(args) => service::keygen(&args)?,
         Command::Registry(args) => service::registry(args).await?,
         Command::Push(args) => service::push(args).await?,
         Command::Pull(args) => service::pull(args).await?,
+        Command::Tag(args) => service::tag(args).await?,
         Command::Exec { module, args } => return exec(&module, args).await,
         Command::Call {
             reference,
@@ -388,7 +412,7 @@ async fn build(
     warn_init_env_is_public(&source.init_env);
     let progress = Arc::new(BuildProgress::new());
     let wasm = read_or_build_module(&source.path, source.go_buildmode, &progress)?;
-    let builder = builder(store)?;
+    let builder = builder(store, None)?;
     let request = BuildRequest {
         targets,
         snapshot: SnapshotOptions {
@@ -433,11 +457,23 @@ fn warn_init_env_is_public(init_env: &[(String, String)]) {
     );
 }
 
-fn builder(store: ArtifactStore) -> Result<Builder> {
+/// The builder over `store`, with the compile cache under the cache home.
+/// With a `compile_timeout`, each compile runs in a child process of this
+/// binary (`thaw compile-worker`), killed at the timeout.
+fn builder(store: ArtifactStore, compile_timeout: Option<Duration>) -> Result<Builder> {
     let cache_home = thaw_core::paths::cache_home().context("no cache directory: set THAW_HOME")?;
     let cache = IncrementalCache::in_directory(cache_home.join("cranelift"))
         .context("opening the compile cache")?;
-    Ok(Builder::new(store, Compiler::with_cache(cache))?)
+    let mut compiler = Compiler::with_cache(cache);
+    if let Some(deadline) = compile_timeout {
+        let program = std::env::current_exe().context("finding this program to run compiles")?;
+        compiler = compiler.isolated(Worker::new(
+            program,
+            vec!["compile-worker".into()],
+            deadline,
+        ));
+    }
+    Ok(Builder::new(store, compiler)?)
 }
 
 async fn up(args: UpArgs) -> Result<()> {
@@ -528,7 +564,7 @@ async fn exec(module: &Path, args: Vec<String>) -> Result<u8> {
         store: std::env::var("THAW_STORE").ok(),
     }
     .open()?;
-    let outcome = builder(store.clone())?
+    let outcome = builder(store.clone(), None)?
         .build(
             Bytes::from(wasm),
             &BuildRequest::new(vec![TargetProfile::host()?]),

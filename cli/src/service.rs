@@ -18,8 +18,8 @@ use thaw_core::{Reference, TagRef};
 use thaw_gobuild::BuildMode;
 use thaw_http::ConnectionArgs;
 use thaw_registry::{
-    DEFAULT_MAX_MODULE_BYTES, DEFAULT_MAX_UPLOADS, DEFAULT_QUEUE_CAPACITY, DEFAULT_WORKERS,
-    Service, ServiceConfig, Tokens,
+    DEFAULT_MAX_MODULE_BYTES, DEFAULT_MAX_UPLOADS, DEFAULT_QUEUE_CAPACITY, DEFAULT_TENANT_QUOTA,
+    DEFAULT_WORKERS, Service, ServiceConfig, Tokens,
 };
 use thaw_store::ArtifactStore;
 
@@ -56,12 +56,16 @@ pub struct RegistryArgs {
     /// The ed25519 key manifests are signed with (from `thaw keygen`).
     #[arg(long, env = "THAW_SIGNING_KEY")]
     signing_key: PathBuf,
-    /// File of bearer tokens allowed to push, one per line.
+    /// File of bearer tokens, one per line: `TOKEN SCOPE...`, where a scope
+    /// is a name, a prefix ending in `*`, or either after `pull:` for
+    /// read-only access (see docs/deployment.md).
     #[arg(long, env = "THAW_TOKENS_FILE")]
     tokens: PathBuf,
-    /// Require a token for reads too.
-    #[arg(long, env = "THAW_PULL_REQUIRES_TOKEN")]
-    pull_requires_token: bool,
+    /// Let anyone read tags, manifests and blobs without a token. Off by
+    /// default: modules and snapshots (with their init environment) of
+    /// every tenant would be public.
+    #[arg(long, env = "THAW_PUBLIC_READS")]
+    public_reads: bool,
     /// Largest module accepted, in MiB.
     #[arg(long, env = "THAW_MAX_MODULE_MIB", default_value_t = DEFAULT_MAX_MODULE_BYTES >> 20)]
     max_module_mib: usize,
@@ -84,6 +88,14 @@ pub struct RegistryArgs {
     /// is reported failed after this.
     #[arg(long, env = "THAW_BUILD_LEASE_TTL", default_value = "30s", value_parser = parse_duration)]
     lease_ttl: Duration,
+    /// MiB each token may store through its builds; a token at its quota
+    /// gets 507. 0: no quota.
+    #[arg(long, env = "THAW_TENANT_QUOTA_MIB", default_value_t = DEFAULT_TENANT_QUOTA >> 20)]
+    tenant_quota_mib: u64,
+    /// Wall-clock limit for compiling one module for all its targets; each
+    /// compile runs in a child process that is killed at this limit.
+    #[arg(long, env = "THAW_COMPILE_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
+    compile_timeout: Duration,
     /// Wall-clock limit for each module's init.
     #[arg(long, env = "THAW_INIT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     init_timeout: Duration,
@@ -98,20 +110,28 @@ pub async fn registry(args: RegistryArgs) -> Result<()> {
     let tokens = Tokens::read(&args.tokens)
         .with_context(|| format!("reading tokens from {}", args.tokens.display()))?;
     let mut config = ServiceConfig::new(tokens);
-    config.pull_requires_token = args.pull_requires_token;
+    config.public_reads = args.public_reads;
     config.max_module_bytes = args.max_module_mib << 20;
     config.body_timeout = args.upload_timeout;
     config.max_uploads = args.max_uploads;
     config.queue_capacity = args.queue;
     config.workers = args.workers;
     config.lease_ttl = args.lease_ttl;
+    config.tenant_quota = (args.tenant_quota_mib > 0).then_some(args.tenant_quota_mib << 20);
     config.snapshot = SnapshotOptions {
         init_timeout: args.init_timeout,
         max_memory: args.init_max_memory_mib << 20,
         ..SnapshotOptions::default()
     };
     let location = store.location().to_string();
-    let service = Service::start(builder(store)?, key, config)?;
+    let service = Service::start(builder(store, Some(args.compile_timeout))?, key, config)?;
+    let signed = service
+        .sign_legacy_tags()
+        .await
+        .context("signing the tags an older thaw wrote")?;
+    if signed > 0 {
+        eprintln!("signed {signed} tag(s) written by an older thaw");
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -135,9 +155,16 @@ pub struct RemoteArgs {
     /// The registry, `http://host:port`.
     #[arg(long, env = "THAW_REGISTRY")]
     registry: String,
-    /// Bearer token (needed to push, and to pull from a protected registry).
+    /// Bearer token (needed to push, and to pull unless the registry has
+    /// public reads).
     #[arg(long, env = "THAW_REGISTRY_TOKEN", hide_env_values = true)]
     token: Option<String>,
+}
+
+impl RemoteArgs {
+    fn client(&self, trusted: TrustedKeys) -> Result<RegistryClient> {
+        Ok(RegistryClient::new(&self.registry, trusted)?.with_token(self.token.clone()))
+    }
 }
 
 /// `thaw push`.
@@ -166,8 +193,7 @@ pub async fn push(args: PushArgs) -> Result<()> {
     crate::warn_init_env_is_public(&args.init_env);
     let progress = Arc::new(BuildProgress::new());
     let wasm = read_or_build_module(&args.path, args.go_buildmode, &progress)?;
-    let client = RegistryClient::new(&args.remote.registry, TrustedKeys::default())?
-        .with_token(args.remote.token.clone());
+    let client = args.remote.client(TrustedKeys::default())?;
     let request = PushRequest {
         reference: args.name.clone(),
         targets: args.targets.clone(),
@@ -245,10 +271,30 @@ pub struct PullArgs {
         required = true
     )]
     trust_keys: Vec<PublicKey>,
+    /// Refuse a release made longer ago than this (`30d`, `12h`).
+    #[arg(long, env = "THAW_MAX_RELEASE_AGE", value_parser = parse_duration)]
+    max_release_age: Option<Duration>,
     #[command(flatten)]
     remote: RemoteArgs,
     #[command(flatten)]
     store: StoreArgs,
+}
+
+/// The client `thaw pull` and `thaw tag` use: it remembers the highest
+/// release seen per tag under the cache home, so a registry rolled back to
+/// an older release is refused on the next pull.
+fn verifying_client(
+    remote: &RemoteArgs,
+    trust_keys: Vec<PublicKey>,
+    max_release_age: Option<Duration>,
+) -> Result<RegistryClient> {
+    let mut client = remote
+        .client(TrustedKeys::new(trust_keys))?
+        .with_max_release_age(max_release_age);
+    if let Some(cache) = thaw_core::paths::cache_home() {
+        client = client.with_cache_root(&cache);
+    }
+    Ok(client)
 }
 
 /// Pulls a build into the local store: the manifest (signature checked),
@@ -257,8 +303,7 @@ pub struct PullArgs {
 /// manifest pointing at missing data.
 pub async fn pull(args: PullArgs) -> Result<()> {
     let started = Instant::now();
-    let client = RegistryClient::new(&args.remote.registry, TrustedKeys::new(args.trust_keys))?
-        .with_token(args.remote.token.clone());
+    let client = verifying_client(&args.remote, args.trust_keys, args.max_release_age)?;
     let store: ArtifactStore = args.store.open()?;
     let (digest, manifest) = client.resolve(&args.reference).await?;
     let mut bytes = 0;
@@ -287,5 +332,54 @@ pub async fn pull(args: PullArgs) -> Result<()> {
         format_duration(started.elapsed())
     );
     println!("{digest}");
+    Ok(())
+}
+
+/// `thaw tag`.
+#[derive(Args)]
+pub struct TagArgs {
+    /// `name:tag`.
+    tag: TagRef,
+    /// Point the tag at this manifest digest (one the registry signed: a
+    /// rollback or a promotion). Without it, list the tag's releases.
+    manifest: Option<thaw_core::Digest>,
+    /// A registry public key to trust (`ed25519:<hex>`); repeatable.
+    #[arg(
+        long = "trust-key",
+        env = "THAW_TRUST_KEYS",
+        value_delimiter = ',',
+        required = true
+    )]
+    trust_keys: Vec<PublicKey>,
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+/// Moves a tag at the registry, or lists its history (newest first), each
+/// release's signature checked.
+pub async fn tag(args: TagArgs) -> Result<()> {
+    let client = verifying_client(&args.remote, args.trust_keys, None)?;
+    match args.manifest {
+        Some(manifest) => {
+            let release = client.move_tag(&args.tag, &manifest).await?;
+            eprintln!(
+                "{} now points at {} (release {})",
+                args.tag, release.manifest, release.sequence
+            );
+        }
+        None => {
+            for release in client.tag_history(&args.tag).await? {
+                let by = release.by.as_deref().unwrap_or("-");
+                println!(
+                    "{:>6}  {}  {}  {by}",
+                    release.sequence,
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + Duration::from_secs(release.issued_at)
+                    ),
+                    release.manifest
+                );
+            }
+        }
+    }
     Ok(())
 }

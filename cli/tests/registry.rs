@@ -93,6 +93,9 @@ impl Drop for Server {
     }
 }
 
+/// The token [`registry_credentials`] allows: every name, push and pull.
+const TOKEN: &str = "registry-test-token";
+
 /// A signing key and a token file in `home`; returns (public key, token).
 pub fn registry_credentials(home: &Path) -> (String, String) {
     let key = home.join("registry.key");
@@ -103,7 +106,7 @@ pub fn registry_credentials(home: &Path) -> (String, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let token = "registry-test-token".to_string();
+    let token = TOKEN.to_string();
     std::fs::write(home.join("tokens.txt"), format!("# test\n{token}\n")).unwrap();
     (public, token)
 }
@@ -136,7 +139,10 @@ pub fn wait_for_build(
 ) -> serde_json::Value {
     let deadline = std::time::Instant::now() + limit;
     loop {
-        let status: serde_json::Value = reqwest::blocking::get(format!("{base}/v1/builds/{id}"))
+        let status: serde_json::Value = reqwest::blocking::Client::new()
+            .get(format!("{base}/v1/builds/{id}"))
+            .bearer_auth(TOKEN)
+            .send()
             .unwrap()
             .json()
             .unwrap();
@@ -262,6 +268,8 @@ fn run_from_registry(home: &std::path::Path, base: &str, key: &str, reference: &
             base,
             "--trust-key",
             key,
+            "--registry-token",
+            TOKEN,
             "--listen",
             "127.0.0.1:0",
         ],
@@ -326,6 +334,8 @@ fn push_pull_and_run_over_garage_and_a_tampered_blob_is_refused() {
             &base,
             "--trust-key",
             &key,
+            "--token",
+            TOKEN,
             "--store",
             local_store,
         ],
@@ -346,6 +356,8 @@ fn push_pull_and_run_over_garage_and_a_tampered_blob_is_refused() {
             &base,
             "--trust-key",
             &stranger,
+            "--token",
+            TOKEN,
             "--store",
             local_store,
         ],
@@ -393,6 +405,8 @@ fn push_pull_and_run_over_garage_and_a_tampered_blob_is_refused() {
             &base,
             "--trust-key",
             &key,
+            "--registry-token",
+            TOKEN,
             "--listen",
             "127.0.0.1:0",
         ],
@@ -430,7 +444,10 @@ fn an_unreachable_bucket_mid_build_fails_the_build_and_leaves_nothing_partial() 
         &env,
     ));
     assert!(fsck.contains("consistent"), "{fsck}");
-    let tags: serde_json::Value = reqwest::blocking::get(format!("{}/v1/tags", registry.base))
+    let tags: serde_json::Value = reqwest::blocking::Client::new()
+        .get(format!("{}/v1/tags", registry.base))
+        .bearer_auth(TOKEN)
+        .send()
         .unwrap()
         .json()
         .unwrap();
@@ -484,10 +501,54 @@ fn a_three_node_garage_cluster_with_one_node_down_still_serves_push_pull_and_run
             &registry.base,
             "--trust-key",
             &key,
+            "--token",
+            TOKEN,
         ],
     ));
     assert_eq!(pulled.trim(), digest.trim());
     let edge = tempfile::tempdir().unwrap();
     let body = run_from_registry(edge.path(), &registry.base, &key, "hello:v1");
     assert!(body.contains("hello"), "{body}");
+}
+
+/// Regression: a compile had no deadline, so a module that keeps Cranelift
+/// busy held a build worker and its CPU for as long as it liked. Compiles
+/// now run in a child process that is killed at `--compile-timeout`.
+#[test]
+fn a_compile_past_its_deadline_is_killed_and_the_build_fails_clearly() {
+    let home = tempfile::tempdir().unwrap();
+    let (_, token) = registry_credentials(home.path());
+    let store = home.path().join("store");
+    let registry = start_registry(
+        home.path(),
+        store.to_str().unwrap(),
+        &["--compile-timeout", "1ms"],
+        &[],
+    );
+    let query = format!("name=hello&targets={}", host());
+    let (code, accepted) = submit(
+        &registry.base,
+        &token,
+        &query,
+        build_go("examples/hello", BuildMode::Auto),
+    );
+    assert_eq!(code, 202, "{accepted}");
+    let id = accepted["build"]["id"].as_str().unwrap();
+    let status = wait_for_build(&registry.base, id, Duration::from_secs(120), |s| {
+        state(s) == "failed" || state(s) == "succeeded"
+    });
+    assert_eq!(state(&status), "failed", "{status}");
+    let error = status["error"].as_str().unwrap();
+    assert!(error.contains("--compile-timeout"), "{error}");
+    // The child is gone, and the registry serves on.
+    let home_text = home.path().to_str().unwrap();
+    let leftovers: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| std::fs::read(entry.ok()?.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains("compile-worker") && cmdline.contains(home_text))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let health = reqwest::blocking::get(format!("{}/healthz", registry.base)).unwrap();
+    assert_eq!(health.status(), 200);
 }

@@ -6,9 +6,15 @@
 //! - Blobs are decoded and hashed against the signed manifest before they
 //!   are returned; a download cut off midway resumes with an HTTP `Range`
 //!   request, and the partial bytes are never handed out.
-//! - With [`RegistryClient::with_cache_dir`], every verified manifest and
-//!   tag is kept on disk, so a runner restarted during a registry outage
-//!   still resolves what it ran before (re-verifying the cached signature).
+//! - A tag resolves only through a signed [`Release`] that names that tag
+//!   and a sequence no lower than the highest this client accepted before
+//!   for it, so a registry or bucket rolled back to an older, validly
+//!   signed state is refused (and, with
+//!   [`RegistryClient::with_max_release_age`], a release that is too old).
+//! - With [`RegistryClient::with_cache_root`], every verified manifest and
+//!   release is kept on disk, so a runner restarted during a registry
+//!   outage still resolves what it ran before (re-verifying the cached
+//!   signatures), and the highest release seen survives restarts.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), thaw_client::ClientError> {
@@ -28,7 +34,9 @@
 
 mod push;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -38,7 +46,8 @@ use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, ETAG, IF_RANGE, RANGE, RETRY_AFTER};
 use thaw_core::api::{ErrorBody, SIGNATURE_HEADER, TagEntry};
 use thaw_core::error::chain;
-use thaw_core::signing::{ManifestSignature, SignatureError, TrustedKeys};
+use thaw_core::release::{Release, ReleaseError, TagRecord};
+use thaw_core::signing::{Signature, SignatureError, TrustedKeys};
 use thaw_core::{BlobError, BlobRef, Digest, Manifest, ManifestError, Reference, TagRef};
 
 pub use push::PushRequest;
@@ -148,6 +157,9 @@ pub enum ClientError {
     /// The signature check failed.
     #[error(transparent)]
     Signature(#[from] SignatureError),
+    /// A tag's release is unsigned, for another tag, a rollback, or too old.
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
     /// A manifest failed verification or does not parse.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
@@ -211,6 +223,12 @@ pub struct RegistryClient {
     token: Option<String>,
     trusted: TrustedKeys,
     cache_dir: Option<PathBuf>,
+    /// Where the highest release seen per tag is kept on disk.
+    release_dir: Option<PathBuf>,
+    max_release_age: Option<Duration>,
+    /// The newest release accepted per tag by this client (and its
+    /// clones); with a cache directory, also kept on disk.
+    seen: Arc<Mutex<HashMap<TagRef, Release>>>,
 }
 
 impl RegistryClient {
@@ -230,6 +248,9 @@ impl RegistryClient {
             token: None,
             trusted,
             cache_dir: None,
+            release_dir: None,
+            max_release_age: None,
+            seen: Arc::default(),
         })
     }
 
@@ -246,10 +267,22 @@ impl RegistryClient {
         self
     }
 
-    /// Keeps verified manifests and tags under `dir`, and falls back to
-    /// them when the registry is unavailable.
-    pub fn with_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.cache_dir = Some(dir.into());
+    /// Keeps verified manifests under `<root>/registries/<hash of the
+    /// URL>` and falls back to them when the registry is unavailable; keeps
+    /// the highest release seen per tag under `<root>/releases/<hash of
+    /// the trusted keys>`, so the rollback floor holds across restarts and
+    /// across every address of one registry (a fleet shares its key).
+    pub fn with_cache_root(mut self, root: &Path) -> Self {
+        let url = Digest::of(self.base.as_bytes()).short();
+        self.cache_dir = Some(root.join("registries").join(url));
+        let keys = self.trusted.fingerprint().short();
+        self.release_dir = Some(root.join("releases").join(keys));
+        self
+    }
+
+    /// Refuses releases made longer than `max_age` ago (none: no limit).
+    pub fn with_max_release_age(mut self, max_age: Option<Duration>) -> Self {
+        self.max_release_age = max_age;
         self
     }
 
@@ -319,11 +352,11 @@ impl RegistryClient {
     ) -> Result<(Digest, Manifest), ClientError> {
         let digest = match reference {
             Reference::Digest(digest) => *digest,
-            Reference::Tag(tag) => self.tag(tag).await?,
+            Reference::Tag(tag) => self.tag(tag).await?.0.manifest,
         };
         let (manifest, bytes, signature) = self.manifest(&digest).await?;
         if let Some(dir) = &self.cache_dir {
-            cache::store(dir, reference, &digest, &bytes, &signature)?;
+            cache::store_manifest(dir, &digest, &bytes, &signature)?;
         }
         Ok((digest, manifest))
     }
@@ -335,7 +368,17 @@ impl RegistryClient {
         let Some(dir) = &self.cache_dir else {
             return Ok(None);
         };
-        let Some((digest, bytes, signature)) = cache::load(dir, reference)? else {
+        let digest = match reference {
+            Reference::Digest(digest) => *digest,
+            Reference::Tag(tag) => match self.highest_seen(tag)? {
+                Some(release) => {
+                    release.check(tag, None, self.max_release_age)?;
+                    release.manifest
+                }
+                None => return Ok(None),
+            },
+        };
+        let Some((bytes, signature)) = cache::load_manifest(dir, &digest)? else {
             return Ok(None);
         };
         Ok(Some((
@@ -344,13 +387,103 @@ impl RegistryClient {
         )))
     }
 
-    /// The manifest digest a tag points at (unverified: the manifest's
-    /// signature is what is trusted).
-    pub async fn tag(&self, tag: &TagRef) -> Result<Digest, ClientError> {
+    /// The newest release of `tag` this client accepted: in memory, else
+    /// from the cache directory (its signature checked again).
+    fn highest_seen(&self, tag: &TagRef) -> Result<Option<Release>, ClientError> {
+        if let Some(release) = self.seen.lock().unwrap().get(tag) {
+            return Ok(Some(release.clone()));
+        }
+        let Some(dir) = &self.release_dir else {
+            return Ok(None);
+        };
+        let Some(record) = cache::load_release(dir, tag)? else {
+            return Ok(None);
+        };
+        // Only this client's account writes its cache; a record that no
+        // longer verifies is a bug or a disk fault, and is then ignored.
+        match record.verify(&self.trusted) {
+            Ok(release) if release.check(tag, None, None).is_ok() => {
+                self.seen
+                    .lock()
+                    .unwrap()
+                    .insert(tag.clone(), release.clone());
+                Ok(Some(release))
+            }
+            _ => {
+                tracing::warn!(%tag, "a cached release does not verify; ignoring it");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The current release of a tag: its signature verified, checked to
+    /// name `tag`, to be no older than the highest release of `tag` this
+    /// client accepted before, and (with a maximum age) recent enough.
+    /// It becomes the highest seen. Returns the record too, as signed.
+    pub async fn tag(&self, tag: &TagRef) -> Result<(Release, TagRecord), ClientError> {
+        if self.trusted.is_empty() {
+            return Err(ClientError::NoTrustedKeys);
+        }
         let url = self.url(&format!("/v1/tags/{tag}"));
         let response = self.send(&url, self.get_small(&url)).await?;
         let entry: TagEntry = json(&url, response).await?;
-        Ok(entry.manifest)
+        self.accept(tag, entry)
+    }
+
+    /// Verifies and checks a tag's release, and remembers it as the highest
+    /// seen.
+    fn accept(&self, tag: &TagRef, entry: TagEntry) -> Result<(Release, TagRecord), ClientError> {
+        let release = entry.release.verify(&self.trusted)?;
+        let seen = self.highest_seen(tag)?;
+        release.check(tag, seen.as_ref(), self.max_release_age)?;
+        if seen.as_ref() != Some(&release) {
+            if let Some(dir) = &self.release_dir {
+                cache::store_release(dir, tag, &entry.release)?;
+            }
+            self.seen
+                .lock()
+                .unwrap()
+                .insert(tag.clone(), release.clone());
+        }
+        Ok((release, entry.release))
+    }
+
+    /// Every release `tag` has had, newest first, each signature verified
+    /// and checked to name `tag`.
+    pub async fn tag_history(&self, tag: &TagRef) -> Result<Vec<Release>, ClientError> {
+        if self.trusted.is_empty() {
+            return Err(ClientError::NoTrustedKeys);
+        }
+        let url = self.url(&format!("/v1/history/{tag}"));
+        let response = self.send(&url, self.get_small(&url)).await?;
+        let entries: Vec<TagEntry> = json(&url, response).await?;
+        entries
+            .iter()
+            .map(|entry| {
+                let release = entry.release.verify(&self.trusted)?;
+                release.check(tag, None, None)?;
+                Ok(release)
+            })
+            .collect()
+    }
+
+    /// Points `tag` at a manifest the registry already signed (needs a
+    /// token whose scopes cover the name). Returns the new release,
+    /// verified, which becomes the highest seen.
+    pub async fn move_tag(&self, tag: &TagRef, manifest: &Digest) -> Result<Release, ClientError> {
+        if self.trusted.is_empty() {
+            return Err(ClientError::NoTrustedKeys);
+        }
+        let url = self.url(&format!("/v1/tags/{tag}"));
+        let request = self
+            .authorize(self.http.put(&url))
+            .timeout(self.timeouts.request)
+            .json(&thaw_core::api::TagMoveRequest {
+                manifest: *manifest,
+            });
+        let response = self.send(&url, request).await?;
+        let (release, _) = self.accept(tag, json(&url, response).await?)?;
+        Ok(release)
     }
 
     /// Every tag the registry holds.
@@ -364,7 +497,7 @@ impl RegistryClient {
     pub async fn manifest(
         &self,
         digest: &Digest,
-    ) -> Result<(Manifest, Bytes, ManifestSignature), ClientError> {
+    ) -> Result<(Manifest, Bytes, Signature), ClientError> {
         if self.trusted.is_empty() {
             return Err(ClientError::NoTrustedKeys);
         }
@@ -374,7 +507,7 @@ impl RegistryClient {
             .headers()
             .get(SIGNATURE_HEADER)
             .and_then(|v| v.to_str().ok())
-            .map(str::parse::<ManifestSignature>)
+            .map(str::parse::<Signature>)
             .transpose()?;
         let bytes = read_capped(&url, response, MAX_MANIFEST_BYTES).await?;
         let signature = signature.ok_or(SignatureError::Unsigned(*digest))?;
@@ -386,7 +519,7 @@ impl RegistryClient {
         &self,
         digest: &Digest,
         bytes: &[u8],
-        signature: &ManifestSignature,
+        signature: &Signature,
     ) -> Result<Manifest, ClientError> {
         self.trusted.verify(digest, Some(signature))?;
         Ok(Manifest::from_verified_bytes(digest, bytes)?)
@@ -601,50 +734,46 @@ mod cache {
         }
     }
 
-    pub(super) fn store(
+    pub(super) fn store_manifest(
         dir: &Path,
-        reference: &Reference,
         digest: &Digest,
         bytes: &[u8],
-        signature: &ManifestSignature,
+        signature: &Signature,
     ) -> Result<(), ClientError> {
         let path = manifest_path(dir, digest);
         write(
             &path.with_extension("sig"),
             signature.to_string().as_bytes(),
         )?;
-        write(&path, bytes)?;
-        if let Reference::Tag(tag) = reference {
-            write(&tag_path(dir, tag), digest.to_string().as_bytes())?;
-        }
-        Ok(())
+        write(&path, bytes)
     }
 
-    pub(super) fn load(
+    pub(super) fn load_manifest(
         dir: &Path,
-        reference: &Reference,
-    ) -> Result<Option<(Digest, Vec<u8>, ManifestSignature)>, ClientError> {
-        let digest = match reference {
-            Reference::Digest(digest) => *digest,
-            Reference::Tag(tag) => {
-                let Some(bytes) = read(&tag_path(dir, tag))? else {
-                    return Ok(None);
-                };
-                match std::str::from_utf8(&bytes)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                {
-                    Some(digest) => digest,
-                    None => return Ok(None),
-                }
-            }
-        };
-        let path = manifest_path(dir, &digest);
+        digest: &Digest,
+    ) -> Result<Option<(Vec<u8>, Signature)>, ClientError> {
+        let path = manifest_path(dir, digest);
         let (Some(bytes), Some(signature)) = (read(&path)?, read(&path.with_extension("sig"))?)
         else {
             return Ok(None);
         };
         let signature = String::from_utf8_lossy(&signature).parse()?;
-        Ok(Some((digest, bytes, signature)))
+        Ok(Some((bytes, signature)))
+    }
+
+    /// Synced, unlike the rest: it is the rollback floor, and losing it
+    /// to a power cut would let an older release through.
+    pub(super) fn store_release(
+        dir: &Path,
+        tag: &TagRef,
+        record: &TagRecord,
+    ) -> Result<(), ClientError> {
+        let path = tag_path(dir, tag);
+        write_atomic(&path, &record.to_bytes(), Durability::Synced)
+            .map_err(|source| ClientError::Cache { path, source })
+    }
+
+    pub(super) fn load_release(dir: &Path, tag: &TagRef) -> Result<Option<TagRecord>, ClientError> {
+        Ok(read(&tag_path(dir, tag))?.and_then(|bytes| TagRecord::from_bytes(&bytes).ok()))
     }
 }

@@ -61,6 +61,20 @@ impl IncrementalCache {
         }
     }
 
+    /// The directory of a persisted cache.
+    pub fn directory(&self) -> Option<&std::path::Path> {
+        match &self.backend {
+            Backend::Directory(dir) => Some(dir),
+            Backend::Memory { .. } => None,
+        }
+    }
+
+    /// Adds lookups made elsewhere (by a compile child) to the statistics.
+    pub(crate) fn count(&self, hits: u64, misses: u64) {
+        self.hits.fetch_add(hits, Ordering::Relaxed);
+        self.misses.fetch_add(misses, Ordering::Relaxed);
+    }
+
     /// (hits, misses) since creation.
     pub fn stats(&self) -> (u64, u64) {
         (

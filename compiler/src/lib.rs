@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 mod cache;
+pub mod worker;
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -33,6 +34,7 @@ use thaw_engine::profile;
 use wasmtime::{Config, Engine, OptLevel};
 
 pub use cache::{DEFAULT_MEMORY_CACHE_BYTES, IncrementalCache};
+pub use worker::Worker;
 
 /// Why a compile failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,21 @@ pub enum CompileError {
         /// What wasmtime said.
         #[source]
         source: BoxError,
+    },
+    /// A compile child ran past its deadline and was killed.
+    #[error(
+        "compiling took longer than {} and was stopped (the registry's --compile-timeout)",
+        format_secs(*deadline)
+    )]
+    TimedOut {
+        /// The deadline.
+        deadline: Duration,
+    },
+    /// A compile child failed to start, crashed, or broke the protocol.
+    #[error("{reason}")]
+    Worker {
+        /// What happened, with what the child said.
+        reason: String,
     },
     /// Cranelift failed on the module.
     #[error("compiling for {triple} failed")]
@@ -81,10 +98,16 @@ pub struct CompiledArtifact {
     pub elapsed: Duration,
 }
 
-/// Compiles modules; holds one engine per target and a shared incremental cache.
+fn format_secs(duration: Duration) -> String {
+    format!("{:.3}s", duration.as_secs_f64())
+}
+
+/// Compiles modules; holds one engine per target and a shared incremental
+/// cache, and with a [`Worker`], compiles in a child process instead.
 pub struct Compiler {
     cache: Arc<IncrementalCache>,
     engines: Mutex<HashMap<&'static str, Engine>>,
+    worker: Option<Worker>,
 }
 
 impl Default for Compiler {
@@ -104,7 +127,16 @@ impl Compiler {
         Self {
             cache: Arc::new(cache),
             engines: Mutex::default(),
+            worker: None,
         }
+    }
+
+    /// Compiles in child processes started by `worker`, each killed at the
+    /// worker's deadline. A service that compiles untrusted modules wants
+    /// this; the child shares the incremental cache when it is a directory.
+    pub fn isolated(mut self, worker: Worker) -> Self {
+        self.worker = Some(worker);
+        self
     }
 
     /// The incremental cache, for statistics.
@@ -152,9 +184,23 @@ impl Compiler {
         Ok(config)
     }
 
-    /// Compiles `wasm` for every target, in parallel. `on_done` is called as
-    /// each target finishes. Fails with the first target that fails.
+    /// Compiles `wasm` for every target, in parallel (in a child process
+    /// when [`Compiler::isolated`]). `on_done` is called as each target
+    /// finishes. Fails with the first target that fails.
     pub fn compile(
+        &self,
+        wasm: &[u8],
+        targets: &[&'static TargetProfile],
+        on_done: impl Fn(&CompiledArtifact) + Sync,
+    ) -> Result<Vec<CompiledArtifact>, CompileError> {
+        match &self.worker {
+            Some(worker) => worker.compile(wasm, targets, &self.cache, on_done),
+            None => self.compile_here(wasm, targets, on_done),
+        }
+    }
+
+    /// [`Compiler::compile`] in this process.
+    fn compile_here(
         &self,
         wasm: &[u8],
         targets: &[&'static TargetProfile],

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::release::TagRecord;
 use crate::{Digest, Manifest};
 
 /// The response header carrying a manifest's signature,
@@ -90,12 +91,28 @@ pub struct BuildResponse {
     pub manifest: Option<Manifest>,
 }
 
-/// A tag and the manifest it points at.
+/// A tag, the manifest it points at, and the signed release that says so.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TagEntry {
     /// `name:tag`.
     pub reference: String,
+    /// The manifest digest (as the release says; clients trust only the
+    /// verified release).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub manifest: Digest,
+    /// The release's sequence number: each move of the tag increases it.
+    pub sequence: u64,
+    /// The signed release record: check its signature, and that it names
+    /// this tag and a sequence no lower than one seen before.
+    pub release: TagRecord,
+}
+
+/// The body of `PUT /v1/tags/{reference}`: point a tag at a manifest the
+/// registry already signed (a rollback, or a promotion).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TagMoveRequest {
     /// The manifest digest.
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub manifest: Digest,

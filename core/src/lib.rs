@@ -7,7 +7,9 @@
 //! - [`Reference`] and [`TagRef`]: `name:tag` and digest references, and
 //!   where a tag lives in a store ([`TagRef::storage_key`]).
 //! - [`target`]: the compilation targets thaw builds for.
-//! - [`signing`]: ed25519 signatures of manifests, and the keys runners trust.
+//! - [`signing`]: ed25519 signatures of manifests and releases, and the keys
+//!   runners trust.
+//! - [`release`]: the signed, ordered record that a tag points at a manifest.
 //! - [`api`]: the registry's wire types.
 //! - [`abi`]: the names and wire formats a guest and its host share.
 //! - [`settings`]: parsing of `KEY=VALUE` and duration settings.
@@ -34,6 +36,7 @@ pub mod fs;
 mod manifest;
 pub mod paths;
 mod reference;
+pub mod release;
 pub mod settings;
 pub mod signing;
 pub mod target;

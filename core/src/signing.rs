@@ -1,11 +1,14 @@
-//! Ed25519 signatures over manifests, so that a runner trusts the registry's
-//! key rather than the bucket behind it.
+//! Ed25519 signatures over manifests and releases, so that a runner trusts
+//! the registry's key rather than the bucket behind it.
 //!
 //! A registry signs the *digest* of each manifest it builds. Since a
 //! manifest names every blob by digest, one signature covers the whole
-//! build. Runners and `thaw pull` hold a set of [`TrustedKeys`] and refuse a
-//! manifest that is unsigned, signed by another key, or whose signature does
-//! not verify.
+//! build. It also signs each [`Release`](crate::release::Release): the
+//! record that binds a `name:tag` to a manifest at a sequence number.
+//! Runners and `thaw pull` hold a set of [`TrustedKeys`] and refuse a
+//! manifest or release that is unsigned, signed by another key, or whose
+//! signature does not verify. Each kind of signed message has its own
+//! domain-separation prefix, so no signature can be replayed as another.
 //!
 //! ```
 //! use thaw_core::Digest;
@@ -29,10 +32,19 @@ use crate::Digest;
 
 const KEY_PREFIX: &str = "ed25519:";
 
-/// The bytes a signature covers: a domain-separation prefix, then the
-/// manifest digest, so a thaw signature cannot be replayed as anything else.
-fn signed_message(manifest: &Digest) -> Vec<u8> {
+/// The bytes a manifest signature covers: a domain-separation prefix, then
+/// the manifest digest, so a thaw signature cannot be replayed as anything
+/// else.
+fn manifest_message(manifest: &Digest) -> Vec<u8> {
     format!("thaw-manifest-signature-v1\n{manifest}").into_bytes()
+}
+
+/// The bytes a release signature covers: its own prefix, then the exact
+/// release payload.
+fn release_message(payload: &[u8]) -> Vec<u8> {
+    let mut message = b"thaw-release-signature-v1\n".to_vec();
+    message.extend_from_slice(payload);
+    message
 }
 
 /// Why a key, a signature or a verification failed.
@@ -56,6 +68,20 @@ pub enum SignatureError {
         manifest: Digest,
         /// The key that signed it.
         key: PublicKey,
+    },
+    /// A release with no signature, where one is required.
+    #[error(
+        "the release of {0} is not signed; a registry that ran an older thaw signs its tags when \
+         it starts"
+    )]
+    UnsignedRelease(String),
+    /// A release signature that is by an untrusted key or does not verify.
+    #[error("the release of {tag}: {reason}")]
+    BadRelease {
+        /// The tag, as the release names it.
+        tag: String,
+        /// Why.
+        reason: String,
     },
     /// A signature that does not verify.
     #[error("manifest {manifest}: the signature by {key} does not verify")]
@@ -123,28 +149,29 @@ impl FromStr for PublicKey {
     }
 }
 
-/// A signature over a manifest digest, with the key that made it. Written
+/// A signature over a manifest digest or a release, with the key that made
+/// it. Written
 /// `ed25519:<public key hex>:<signature hex>`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ManifestSignature {
+pub struct Signature {
     /// The key that signed.
     pub key: PublicKey,
     signature: ed25519_dalek::Signature,
 }
 
-impl fmt::Display for ManifestSignature {
+impl fmt::Display for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.key, hex::encode(self.signature.to_bytes()))
     }
 }
 
-impl fmt::Debug for ManifestSignature {
+impl fmt::Debug for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
     }
 }
 
-impl FromStr for ManifestSignature {
+impl FromStr for Signature {
     type Err = SignatureError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -214,10 +241,18 @@ impl RegistryKey {
     }
 
     /// Signs a manifest digest.
-    pub fn sign(&self, manifest: &Digest) -> ManifestSignature {
-        ManifestSignature {
+    pub fn sign(&self, manifest: &Digest) -> Signature {
+        Signature {
             key: self.public(),
-            signature: self.0.sign(&signed_message(manifest)),
+            signature: self.0.sign(&manifest_message(manifest)),
+        }
+    }
+
+    /// Signs a release payload (see [`crate::release::TagRecord::signed`]).
+    pub(crate) fn sign_release(&self, payload: &[u8]) -> Signature {
+        Signature {
+            key: self.public(),
+            signature: self.0.sign(&release_message(payload)),
         }
     }
 }
@@ -237,12 +272,21 @@ impl TrustedKeys {
         self.0.is_empty()
     }
 
+    /// One digest for the set of keys, whatever their order: names state
+    /// kept per set of trusted keys (such as the highest release seen).
+    pub fn fingerprint(&self) -> Digest {
+        let mut keys: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        keys.sort();
+        keys.dedup();
+        Digest::of(keys.join("\n").as_bytes())
+    }
+
     /// Checks that `signature` is a valid signature of `manifest` by a
     /// trusted key.
     pub fn verify(
         &self,
         manifest: &Digest,
-        signature: Option<&ManifestSignature>,
+        signature: Option<&Signature>,
     ) -> Result<(), SignatureError> {
         let signature = signature.ok_or(SignatureError::Unsigned(*manifest))?;
         if !self.0.contains(&signature.key) {
@@ -254,10 +298,41 @@ impl TrustedKeys {
         signature
             .key
             .verifying_key()
-            .verify(&signed_message(manifest), &signature.signature)
+            .verify(&manifest_message(manifest), &signature.signature)
             .map_err(|_| SignatureError::BadSignature {
                 manifest: *manifest,
                 key: signature.key,
+            })
+    }
+
+    /// Checks that `signature` is a valid signature of a release payload by
+    /// a trusted key; `tag` names the release in errors.
+    pub(crate) fn verify_release(
+        &self,
+        tag: &str,
+        payload: &[u8],
+        signature: Option<&Signature>,
+    ) -> Result<(), SignatureError> {
+        let signature = signature.ok_or_else(|| SignatureError::UnsignedRelease(tag.into()))?;
+        let bad = |reason: String| SignatureError::BadRelease {
+            tag: tag.into(),
+            reason,
+        };
+        if !self.0.contains(&signature.key) {
+            return Err(bad(format!(
+                "signed by {}, which is not a trusted key",
+                signature.key
+            )));
+        }
+        signature
+            .key
+            .verifying_key()
+            .verify(&release_message(payload), &signature.signature)
+            .map_err(|_| {
+                bad(format!(
+                    "the signature by {} does not verify",
+                    signature.key
+                ))
             })
     }
 }
@@ -272,7 +347,7 @@ mod tests {
         let other = RegistryKey::generate();
         let digest = Digest::of(b"manifest");
         let signature = key.sign(&digest);
-        let parsed: ManifestSignature = signature.to_string().parse().unwrap();
+        let parsed: Signature = signature.to_string().parse().unwrap();
         assert_eq!(parsed, signature);
         assert_eq!(
             key.public().to_string().parse::<PublicKey>().unwrap(),
@@ -294,7 +369,7 @@ mod tests {
             Err(SignatureError::BadSignature { .. })
         ));
         // A signature by another key, relabelled with the trusted key.
-        let forged: ManifestSignature = format!(
+        let forged: Signature = format!(
             "{}:{}",
             key.public(),
             other.sign(&digest).to_string().rsplit_once(':').unwrap().1

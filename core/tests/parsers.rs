@@ -1,12 +1,14 @@
 //! Property tests of the parsers that read untrusted text and bytes:
-//! references (from users and URLs), manifests (from stores and
-//! registries) and guest responses (from untrusted modules).
+//! references (from users and URLs), manifests and release records (from
+//! stores and registries) and guest responses (from untrusted modules).
 
 use bytes::Bytes;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use thaw_core::abi::{parse_cgi_response, parse_http1_response};
-use thaw_core::{Manifest, Reference, TagRef};
+use thaw_core::release::{Release, TagRecord};
+use thaw_core::signing::{RegistryKey, TrustedKeys};
+use thaw_core::{Digest, Manifest, Reference, TagRef};
 
 proptest! {
     #[test]
@@ -30,6 +32,43 @@ proptest! {
     fn any_bytes_as_a_manifest_parse_or_are_refused(bytes in vec(any::<u8>(), 0..2048)) {
         if let Ok(manifest) = Manifest::from_bytes(&bytes) {
             prop_assert_eq!(Manifest::from_bytes(&manifest.to_bytes()).unwrap(), manifest);
+        }
+    }
+
+    #[test]
+    fn any_bytes_as_a_tag_record_parse_or_are_refused(bytes in vec(any::<u8>(), 0..1024)) {
+        if let Ok(record) = TagRecord::from_bytes(&bytes) {
+            prop_assert_eq!(TagRecord::from_bytes(&record.to_bytes()).unwrap(), record.clone());
+            if let Ok(release) = record.release_unverified() {
+                let _ = release.tag_ref();
+            }
+        }
+    }
+
+    #[test]
+    fn a_signed_release_verifies_and_any_changed_byte_is_refused(
+        name in "[a-z0-9][a-z0-9._-]{0,20}",
+        tag in "[A-Za-z0-9][A-Za-z0-9._-]{0,20}",
+        sequence in any::<u64>(),
+        requested_at_ms in any::<u64>(),
+        flip in any::<usize>(),
+    ) {
+        let key = RegistryKey::generate();
+        let trusted = TrustedKeys::new(vec![key.public()]);
+        let tag = TagRef::new(&name, &tag).unwrap();
+        let mut release = Release::first(&tag, Digest::of(name.as_bytes()), requested_at_ms, None);
+        release.sequence = sequence;
+        let record = TagRecord::signed(&release, &key);
+        let parsed = TagRecord::from_bytes(&record.to_bytes()).unwrap();
+        prop_assert_eq!(parsed.verify(&trusted).unwrap(), release.clone());
+        prop_assert!(release.check(&tag, Some(&release), None).is_ok());
+
+        let mut bytes = record.release.clone().into_bytes();
+        let at = flip % bytes.len();
+        bytes[at] ^= 0x01;
+        if let Ok(text) = String::from_utf8(bytes) {
+            let tampered = TagRecord { release: text, ..record };
+            prop_assert!(tampered.verify(&trusted).is_err());
         }
     }
 

@@ -13,8 +13,9 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::header::{CONTENT_TYPE, LOCATION};
@@ -29,13 +30,13 @@ use thaw_builder::{BuildError, BuildEvent, BuildRequest, PendingBuild};
 use thaw_core::api::{BuildResponse, BuildState, BuildStatus, StepStatus};
 use thaw_core::error::chain;
 use thaw_core::settings::parse_key_value;
-use thaw_core::signing::TrustedKeys;
 use thaw_core::{Digest, TagRef, TargetProfile};
 use thaw_store::{RecordKind, StoreError};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use crate::{ApiError, Service, Shared};
+use crate::tags::{TagMove, check_push_scope, now_ms, publish, signed_by_us};
+use crate::{ApiError, Caller, Service, Shared};
 
 /// A build's status, for readers in any registry process.
 pub(crate) const BUILD_RECORDS: RecordKind = RecordKind::new("builds");
@@ -49,7 +50,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(500);
 struct LiveBuild {
     status: watch::Sender<BuildStatus>,
     /// Tags to point at the result: every identical submission's.
-    tags: Mutex<Vec<TagRef>>,
+    tags: Mutex<Vec<TagMove>>,
 }
 
 impl LiveBuild {
@@ -66,6 +67,8 @@ impl LiveBuild {
 struct Job {
     build: PendingBuild,
     live: Arc<LiveBuild>,
+    /// The tenant whose quota the build's storage counts against.
+    tenant: String,
 }
 
 /// The live builds of this process and its queue.
@@ -106,12 +109,6 @@ impl Builds {
 struct Lease {
     owner: String,
     expires_at_ms: u64,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn status_url(id: &Digest) -> String {
@@ -242,12 +239,18 @@ async fn read_module(
     security(("bearer" = [])))]
 pub async fn submit(
     State(service): State<Service>,
+    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let shared = &service.0;
-    let checked = check_submission(&headers, query.as_deref(), &shared.default_targets);
+    let checked = check_submission(&headers, query.as_deref(), &shared.default_targets).and_then(
+        |submission| match &submission.tag {
+            Some(tag) => check_push_scope(&caller, tag).map(|()| submission),
+            None => Ok(submission),
+        },
+    );
     let submission = match checked {
         Ok(submission) => submission,
         Err(e) => {
@@ -255,6 +258,11 @@ pub async fn submit(
             return Err(e);
         }
     };
+    if let Err(e) = crate::quota::admit(shared, &caller).await {
+        crate::discard_body(body, shared.config.max_module_bytes).await;
+        shared.metrics.build("rejected");
+        return Err(e);
+    }
     let config = &shared.config;
     // Admission before buffering: a module is held in memory from here
     // until this submission is answered (queued, joined or refused).
@@ -301,6 +309,11 @@ pub async fn submit(
         }
     };
     let id = *build.key();
+    let moves: Vec<TagMove> = submission
+        .tag
+        .iter()
+        .map(|tag| TagMove::now(tag.clone(), &caller))
+        .collect();
     let now = now_ms() / 1000;
     let initial = BuildStatus {
         id,
@@ -316,13 +329,13 @@ pub async fn submit(
     let live = {
         let mut live = shared.builds.live.lock().unwrap();
         if let Some(existing) = live.get(&id) {
-            existing.tags.lock().unwrap().extend(submission.tag);
+            existing.tags.lock().unwrap().extend(moves);
             let status = existing.status.borrow().clone();
             return Ok(response(StatusCode::ACCEPTED, status, None));
         }
         let claimed = Arc::new(LiveBuild {
             status: watch::channel(initial.clone()).0,
-            tags: Mutex::new(submission.tag.into_iter().collect()),
+            tags: Mutex::new(moves),
         });
         live.insert(id, claimed.clone());
         claimed
@@ -342,11 +355,13 @@ pub async fn submit(
             .await
             .map_err(release)?
         {
-            // Signature checked just above: only the tags are left to set.
             let tags = live.tags.lock().unwrap().clone();
-            let published = set_tags(shared, &manifest_digest, &tags).await;
+            let published = publish(shared, &manifest_digest, &tags, false).await;
             shared.builds.remove(&id);
-            published.map_err(ApiError::from)?;
+            let lost = published.map_err(ApiError::from)?;
+            if !lost.is_empty() {
+                return Err(ApiError::new(StatusCode::CONFLICT, not_moved(&lost)));
+            }
             shared.metrics.build("cache_hit");
             let status = BuildStatus {
                 state: BuildState::Succeeded {
@@ -374,6 +389,7 @@ pub async fn submit(
     let job = Job {
         build,
         live: live.clone(),
+        tenant: caller.identity().to_string(),
     };
     match shared.builds.queue.try_send(job) {
         Ok(()) => {
@@ -405,45 +421,10 @@ impl ApiError {
     }
 }
 
-/// Whether the stored signature of `manifest` is a valid one by this
-/// registry's key.
-async fn signed_by_us(shared: &Shared, manifest: &Digest) -> Result<bool, StoreError> {
-    let signature = shared.builder.store().get_signature(manifest).await?;
-    let ours = TrustedKeys::new(vec![shared.key.public()]);
-    Ok(ours.verify(manifest, signature.as_ref()).is_ok())
-}
-
-/// Points `tags` at a manifest, signing it first when this process built it
-/// (`sign`); otherwise it must already carry this registry's signature, so
-/// that a forged record or cache entry in the bucket never gets signed or
-/// tagged. Tags move only after the signature is stored, so a runner never
-/// resolves a tag to an unsigned manifest.
-async fn publish(
-    shared: &Shared,
-    manifest: &Digest,
-    tags: &[TagRef],
-    sign: bool,
-) -> Result<(), StoreError> {
-    let store = shared.builder.store();
-    if sign {
-        store
-            .put_signature(manifest, &shared.key.sign(manifest))
-            .await?;
-    } else if !signed_by_us(shared, manifest).await? {
-        return Err(StoreError::Corrupt {
-            what: format!("manifest {manifest}"),
-            reason: "it is not signed by this registry's key".into(),
-        });
-    }
-    set_tags(shared, manifest, tags).await
-}
-
-/// Points `tags` at a manifest whose signature is already in place.
-async fn set_tags(shared: &Shared, manifest: &Digest, tags: &[TagRef]) -> Result<(), StoreError> {
-    for tag in tags {
-        shared.builder.store().set_tag(tag, manifest).await?;
-    }
-    Ok(())
+/// Why the tags in `lost` were not moved, in one message.
+fn not_moved(lost: &[thaw_core::release::ReleaseError]) -> String {
+    let reasons: Vec<String> = lost.iter().map(ToString::to_string).collect();
+    reasons.join("; ")
 }
 
 /// Takes the build's lease: `Ok(false)` if a live process holds it.
@@ -545,6 +526,7 @@ async fn follow_remote(service: Service, id: Digest, live: Arc<LiveBuild>) {
         match terminal {
             BuildState::Succeeded { manifest, .. } => {
                 let tags = live.tags.lock().unwrap().clone();
+                // `publish` logs the moves a later push won.
                 if let Err(e) = publish(shared, &manifest, &tags, false).await {
                     tracing::warn!(build = %id, error = %chain(&e), "tagging a remote build's result");
                 }
@@ -609,7 +591,7 @@ async fn run_job(service: &Service, job: Job) {
             }
         })
     });
-    let built = AssertUnwindSafe(build_and_publish(shared, job.build, &live))
+    let built = AssertUnwindSafe(build_and_publish(shared, job.build, &job.tenant, &live))
         .catch_unwind()
         .await;
     drop(renewal);
@@ -639,7 +621,12 @@ async fn run_job(service: &Service, job: Job) {
 
 /// Builds, reporting every step to the live status and the build record,
 /// then signs the result and moves the tags: the build's final state.
-async fn build_and_publish(shared: &Shared, build: PendingBuild, live: &LiveBuild) -> BuildState {
+async fn build_and_publish(
+    shared: &Shared,
+    build: PendingBuild,
+    tenant: &str,
+    live: &LiveBuild,
+) -> BuildState {
     let (events, mut received) = mpsc::unbounded_channel();
     let build = shared.builder.run(build, move |event| {
         let _ = events.send(event);
@@ -681,11 +668,21 @@ async fn build_and_publish(shared: &Shared, build: PendingBuild, live: &LiveBuil
     }
     match result {
         Ok(outcome) => {
+            if !outcome.cache_hit {
+                crate::quota::charge(shared, tenant, &outcome.manifest).await;
+            }
             let tags = live.tags.lock().unwrap().clone();
             match publish(shared, &outcome.manifest_digest, &tags, true).await {
-                Ok(_) => BuildState::Succeeded {
+                Ok(lost) if lost.is_empty() => BuildState::Succeeded {
                     manifest: outcome.manifest_digest,
                     cache_hit: outcome.cache_hit,
+                },
+                Ok(lost) => BuildState::Failed {
+                    error: format!(
+                        "built {}, but {}",
+                        outcome.manifest_digest,
+                        not_moved(&lost)
+                    ),
                 },
                 Err(e) => BuildState::Failed {
                     error: format!("publishing the build: {}", chain(&e)),

@@ -16,7 +16,7 @@
 //!
 //! let store = ArtifactStore::open("/var/lib/thaw")?;
 //! let builder = Builder::new(store, Compiler::new())?;
-//! let config = ServiceConfig::new(Tokens::parse("secret-token"));
+//! let config = ServiceConfig::new(Tokens::parse("secret-token team-a-*")?);
 //! let service = Service::start(builder, RegistryKey::generate(), config)?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:7070").await?;
 //! let limits = thaw_http::ConnectionLimits::default();
@@ -30,7 +30,9 @@ mod auth;
 mod builds;
 mod metrics;
 pub mod openapi;
+mod quota;
 mod read;
+mod tags;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,7 +52,7 @@ use thaw_core::error::chain;
 use thaw_core::signing::RegistryKey;
 use thaw_store::StoreError;
 
-pub use auth::Tokens;
+pub use auth::{Caller, Tokens, TokensError};
 
 /// Default [`ServiceConfig::max_module_bytes`]: 128 MiB, well above the
 /// largest Go modules seen (12 MB for `examples/init-heavy`).
@@ -69,7 +71,11 @@ pub const DEFAULT_WORKERS: usize = 1;
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 /// The kinds of record the registry keeps in its store, beside the builds:
 /// what a store check must expect to find there.
-pub const RECORD_KINDS: &[thaw_store::RecordKind] = &[builds::BUILD_RECORDS, builds::LEASES];
+pub const RECORD_KINDS: &[thaw_store::RecordKind] =
+    &[builds::BUILD_RECORDS, builds::LEASES, quota::USAGE];
+/// Default [`ServiceConfig::tenant_quota`]: 10 GiB per token, hundreds of
+/// builds of a large Go module.
+pub const DEFAULT_TENANT_QUOTA: u64 = 10 << 30;
 
 /// The targets built when a submission names none.
 pub const DEFAULT_TARGETS: [&str; 2] = ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"];
@@ -77,10 +83,12 @@ pub const DEFAULT_TARGETS: [&str; 2] = ["x86_64-unknown-linux-gnu", "aarch64-unk
 /// The registry's tunables.
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
-    /// Tokens that may push.
+    /// Tokens, and the names each may push and pull.
     pub tokens: Tokens,
-    /// Whether reads need a token too.
-    pub pull_requires_token: bool,
+    /// Whether anyone may read without a token. Off by default: tag names,
+    /// source modules and snapshots (with their `--init-env` values) are
+    /// then readable only by tokens whose scopes cover them.
+    pub public_reads: bool,
     /// Largest module accepted; larger gets 413.
     pub max_module_bytes: usize,
     /// Time a whole upload has to arrive; slower gets 408.
@@ -98,6 +106,10 @@ pub struct ServiceConfig {
     pub lease_ttl: Duration,
     /// Init limits for every build.
     pub snapshot: SnapshotOptions,
+    /// Bytes each token may store through builds (soft; see
+    /// `docs/deployment.md`); a token at its quota gets 507. `None`: no
+    /// quota.
+    pub tenant_quota: Option<u64>,
 }
 
 impl ServiceConfig {
@@ -105,7 +117,7 @@ impl ServiceConfig {
     pub fn new(tokens: Tokens) -> Self {
         Self {
             tokens,
-            pull_requires_token: false,
+            public_reads: false,
             max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             max_uploads: DEFAULT_MAX_UPLOADS,
@@ -113,6 +125,7 @@ impl ServiceConfig {
             workers: DEFAULT_WORKERS,
             lease_ttl: DEFAULT_LEASE_TTL,
             snapshot: SnapshotOptions::default(),
+            tenant_quota: Some(DEFAULT_TENANT_QUOTA),
         }
     }
 }
@@ -138,6 +151,9 @@ struct Shared {
     default_targets: Vec<&'static TargetProfile>,
     /// One permit per upload being read.
     uploads: Arc<tokio::sync::Semaphore>,
+    /// Held while a tag's current release is read and replaced, so two
+    /// moves in this process never take the same sequence number.
+    tag_moves: tokio::sync::Mutex<()>,
 }
 
 /// A running registry service. Cheap to clone.
@@ -173,9 +189,17 @@ impl Service {
             metrics: metrics::Metrics::default(),
             default_targets,
             uploads,
+            tag_moves: tokio::sync::Mutex::new(()),
         }));
         builds::spawn_workers(&service, jobs);
         Ok(service)
+    }
+
+    /// Signs the tags an older thaw wrote, when they point at manifests
+    /// this registry signed (others are logged: runners refuse them until
+    /// pushed again). Run once at start; returns how many were signed.
+    pub async fn sign_legacy_tags(&self) -> Result<usize, StoreError> {
+        tags::sign_legacy_tags(&self.0).await
     }
 
     /// The HTTP routes.
@@ -183,6 +207,7 @@ impl Service {
         let reads = axum::Router::new()
             .route("/v1/tags", get(read::list_tags))
             .route("/v1/tags/{*reference}", get(read::get_tag))
+            .route("/v1/history/{*reference}", get(read::tag_history))
             .route("/v1/manifests/{digest}", get(read::get_manifest))
             .route(
                 "/v1/blobs/{digest}",
@@ -196,6 +221,7 @@ impl Service {
             ));
         let pushes = axum::Router::new()
             .route("/v1/builds", post(builds::submit))
+            .route("/v1/tags/{*reference}", axum::routing::put(tags::move_tag))
             .route_layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 require_push_token,
@@ -215,31 +241,76 @@ async fn metrics_text(State(service): State<Service>) -> Response {
     service.0.metrics.response()
 }
 
+/// Who may read, as the read handlers see it (a request extension).
+#[derive(Clone, Debug)]
+pub(crate) enum Reader {
+    /// Anyone (`--public-reads`).
+    Anyone,
+    /// The holder of this token.
+    Token(Caller),
+}
+
+impl Reader {
+    /// Whether tags of `name` are visible to this reader.
+    fn may_pull(&self, name: &str) -> bool {
+        match self {
+            Reader::Anyone => true,
+            Reader::Token(caller) => caller.may_pull(name),
+        }
+    }
+
+    /// The 403 for a name outside the reader's scopes.
+    fn refuse(&self, name: &str) -> ApiError {
+        let scopes = match self {
+            Reader::Anyone => String::new(),
+            Reader::Token(caller) => caller.scopes(),
+        };
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("this token may read only {scopes}, not {name}"),
+        )
+    }
+}
+
 async fn require_push_token(
     State(service): State<Service>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    authorize(&service, request, next).await
+    match authorize(&service, request.headers()) {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(refused) => refuse(&service, request, refused).await,
+    }
 }
 
 async fn require_pull_token(
     State(service): State<Service>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    if !service.0.config.pull_requires_token {
-        return next.run(request).await;
-    }
-    authorize(&service, request, next).await
+    let reader = match authorize(&service, request.headers()) {
+        Ok(caller) => Reader::Token(caller),
+        Err(_) if service.0.config.public_reads => Reader::Anyone,
+        Err(refused) => return refuse(&service, request, refused).await,
+    };
+    request.extensions_mut().insert(reader);
+    next.run(request).await
 }
 
-async fn authorize(service: &Service, request: Request, next: Next) -> Response {
-    let message = match auth::check(request.headers(), &service.0.config.tokens) {
-        auth::Credentials::Valid => return next.run(request).await,
-        auth::Credentials::Missing => "a bearer token is required (Authorization: Bearer <token>)",
-        auth::Credentials::Invalid => "the bearer token is not valid",
-    };
+fn authorize(service: &Service, headers: &axum::http::HeaderMap) -> Result<Caller, &'static str> {
+    match auth::check(headers, &service.0.config.tokens) {
+        auth::Credentials::Valid(caller) => Ok(caller),
+        auth::Credentials::Missing => {
+            Err("a bearer token is required (Authorization: Bearer <token>)")
+        }
+        auth::Credentials::Invalid => Err("the bearer token is not valid"),
+    }
+}
+
+async fn refuse(service: &Service, request: Request, message: &'static str) -> Response {
     discard_body(request.into_body(), service.0.config.max_module_bytes).await;
     let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
     response

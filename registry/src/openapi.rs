@@ -7,7 +7,10 @@ use serde_json::Value;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use thaw_core::api::{BuildResponse, BuildState, BuildStatus, ErrorBody, StepStatus, TagEntry};
+use thaw_core::api::{
+    BuildResponse, BuildState, BuildStatus, ErrorBody, StepStatus, TagEntry, TagMoveRequest,
+};
+use thaw_core::release::TagRecord;
 
 /// Where the document is served.
 pub const PATH: &str = "/openapi.json";
@@ -22,13 +25,24 @@ pub const PATH: &str = "/openapi.json";
         crate::builds::submit,
         crate::builds::status,
         crate::builds::events,
+        crate::tags::move_tag,
         crate::read::list_tags,
         crate::read::get_tag,
+        crate::read::tag_history,
         crate::read::get_manifest,
         crate::read::get_blob,
         crate::read::head_blob,
     ),
-    components(schemas(BuildResponse, BuildStatus, BuildState, StepStatus, TagEntry, ErrorBody)),
+    components(schemas(
+        BuildResponse,
+        BuildStatus,
+        BuildState,
+        StepStatus,
+        TagEntry,
+        TagRecord,
+        TagMoveRequest,
+        ErrorBody
+    )),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -70,8 +84,9 @@ pub fn markdown() -> String {
     }
     out.push_str(
         "Every error answer has a JSON body `{\"error\": \"...\"}`. Operations marked \
-         *bearer* need `Authorization: Bearer <token>`; reads need it only when the \
-         registry runs with `--pull-requires-token`.\n\n",
+         *bearer* need `Authorization: Bearer <token>`. Reads need a token too, whose \
+         scopes cover the names read, unless the registry runs with `--public-reads`. \
+         Pushes and tag moves need a token whose scopes cover the name (403 otherwise).\n\n",
     );
     let empty = serde_json::Map::new();
     let paths = doc["paths"].as_object().unwrap_or(&empty);

@@ -1,6 +1,7 @@
 //! The read API: tags, manifests (with their signatures) and blobs (with
 //! `ETag`, immutable caching and `Range`, so an interrupted pull resumes).
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::header::{
@@ -11,9 +12,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use thaw_core::api::{SIGNATURE_HEADER, TagEntry};
+use thaw_core::release::TagRecord;
 use thaw_core::{Digest, TagRef};
 
-use crate::{ApiError, Service};
+use crate::{ApiError, Reader, Service};
 
 /// Content-addressed answers never change.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -27,46 +29,98 @@ fn etag(digest: &Digest) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{digest}\"")).expect("digests are header-safe")
 }
 
-/// Every tag and the manifest it points at. A tag whose object is corrupt
-/// is left out (and logged), so it hides no other.
+fn parse_tag(text: &str) -> Result<TagRef, ApiError> {
+    text.parse()
+        .map_err(|e| ApiError::bad_request(format!("{e}")))
+}
+
+/// A tag's answer: its release record and what it says.
+pub(crate) fn entry(tag: &TagRef, release: TagRecord) -> Result<TagEntry, ApiError> {
+    let parsed = release.release_unverified().map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("tag {tag} is corrupt: {e}"),
+        )
+    })?;
+    Ok(TagEntry {
+        reference: tag.to_string(),
+        manifest: parsed.manifest,
+        sequence: parsed.sequence,
+        release,
+    })
+}
+
+/// Every tag the caller may read, with its release. A tag whose object is
+/// corrupt is left out (and logged), so it hides no other.
 #[utoipa::path(get, path = "/v1/tags", tag = "read",
-    responses((status = 200, description = "Every tag, sorted", body = [TagEntry])))]
-pub async fn list_tags(State(service): State<Service>) -> Result<Response, ApiError> {
-    let listing = service.0.builder.store().list_tags().await?;
+    responses((status = 200, description = "Every tag in the token's scopes, sorted", body = [TagEntry])))]
+pub async fn list_tags(
+    State(service): State<Service>,
+    Extension(reader): Extension<Reader>,
+) -> Result<Response, ApiError> {
+    let store = service.0.builder.store();
+    let listing = store.list_tags().await?;
     for (tag, e) in &listing.unreadable {
         tracing::warn!(%tag, error = %thaw_core::error::chain(e), "an unreadable tag left out of the list");
     }
-    let entries: Vec<TagEntry> = listing
-        .tags
-        .into_iter()
-        .map(|(tag, manifest)| TagEntry {
-            reference: tag.to_string(),
-            manifest,
-        })
-        .collect();
+    let mut entries = Vec::new();
+    for (tag, _) in listing.tags {
+        if !reader.may_pull(tag.name()) {
+            continue;
+        }
+        match store.get_tag_record(&tag).await {
+            Ok(record) => entries.push(entry(&tag, record)?),
+            // Moved or removed since it was listed.
+            Err(thaw_store::StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(axum::Json(entries).into_response())
 }
 
-/// The manifest a tag points at.
+/// A tag's current release.
 #[utoipa::path(get, path = "/v1/tags/{reference}", tag = "read",
     params(("reference" = String, Path, description = "`name:tag`, e.g. `hello:v1` or `team/api:prod`")),
     responses(
-        (status = 200, description = "The tag", body = TagEntry),
+        (status = 200, description = "The tag and its signed release", body = TagEntry),
         (status = 400, description = "Not a `name:tag` reference", body = thaw_core::api::ErrorBody),
+        (status = 403, description = "The token's scopes do not cover the name", body = thaw_core::api::ErrorBody),
         (status = 404, description = "No such tag (the message names it)", body = thaw_core::api::ErrorBody)))]
 pub async fn get_tag(
     State(service): State<Service>,
+    Extension(reader): Extension<Reader>,
     Path(reference): Path<String>,
 ) -> Result<Response, ApiError> {
-    let tag: TagRef = reference
-        .parse()
-        .map_err(|e| ApiError::bad_request(format!("{e}")))?;
-    let manifest = service.0.builder.store().get_tag(&tag).await?;
-    Ok(axum::Json(TagEntry {
-        reference: tag.to_string(),
-        manifest,
-    })
-    .into_response())
+    let tag = parse_tag(&reference)?;
+    if !reader.may_pull(tag.name()) {
+        return Err(reader.refuse(tag.name()));
+    }
+    let record = service.0.builder.store().get_tag_record(&tag).await?;
+    Ok(axum::Json(entry(&tag, record)?).into_response())
+}
+
+/// Every release a tag has had, newest first: what an operator rolls back
+/// to with `PUT /v1/tags/{reference}` (`thaw tag`).
+#[utoipa::path(get, path = "/v1/history/{reference}", tag = "read",
+    params(("reference" = String, Path, description = "`name:tag`")),
+    responses(
+        (status = 200, description = "The tag's releases, newest first", body = [TagEntry]),
+        (status = 403, description = "The token's scopes do not cover the name", body = thaw_core::api::ErrorBody)))]
+pub async fn tag_history(
+    State(service): State<Service>,
+    Extension(reader): Extension<Reader>,
+    Path(reference): Path<String>,
+) -> Result<Response, ApiError> {
+    let tag = parse_tag(&reference)?;
+    if !reader.may_pull(tag.name()) {
+        return Err(reader.refuse(tag.name()));
+    }
+    let records = service.0.builder.store().tag_history(&tag).await?;
+    let entries = records
+        .into_iter()
+        .map(|record| entry(&tag, record))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(axum::Json(entries).into_response())
 }
 
 /// A manifest by digest, with the registry's signature in the

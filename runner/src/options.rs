@@ -184,9 +184,15 @@ pub struct SourceOptions {
     /// (`ed25519:<hex>`, printed by `thaw keygen`); repeatable.
     #[arg(long = "trust-key", env = "THAW_TRUST_KEYS", value_delimiter = ',')]
     pub trust_keys: Vec<PublicKey>,
-    /// Bearer token for a registry that protects pulls.
+    /// Bearer token for the registry (registries require one for reads
+    /// unless they run with `--public-reads`); a `pull:*` scope suffices.
     #[arg(long, env = "THAW_REGISTRY_TOKEN", hide_env_values = true)]
     pub registry_token: Option<String>,
+    /// Refuse a tag whose signed release was made longer ago than this
+    /// (`30d`, `12h`): bounds how long a registry frozen by an attacker can
+    /// keep serving an old release. Default: no limit.
+    #[arg(long, env = "THAW_MAX_RELEASE_AGE", value_parser = thaw_core::settings::parse_duration)]
+    pub max_release_age: Option<std::time::Duration>,
 }
 
 impl SourceOptions {
@@ -200,6 +206,7 @@ impl SourceOptions {
                 self.trust_keys.clone(),
                 self.registry_token.clone(),
                 cache_dir,
+                self.max_release_age,
             )?),
         }
     }

@@ -4,6 +4,7 @@
 //! manifest's digest before they reach the cache.
 
 use std::path::Path;
+use std::time::Duration;
 
 use bytes::Bytes;
 use thaw_client::{ClientError, RegistryClient};
@@ -60,24 +61,25 @@ impl Source {
         ArtifactStore::open_or_default(location).map(Source::Store)
     }
 
-    /// The registry at `url`, trusting manifests signed by `keys`. Its
-    /// verified manifests are kept under `cache_dir` (one folder per
-    /// registry), so functions it served keep loading through an outage.
+    /// The registry at `url`, trusting manifests and releases signed by
+    /// `keys`. Its verified manifests and the highest release seen per tag
+    /// are kept under `cache_dir` (one folder per registry), so functions
+    /// it served keep loading through an outage, and a rolled-back
+    /// registry is refused across restarts.
     pub fn registry(
         url: &str,
         keys: Vec<PublicKey>,
         token: Option<String>,
         cache_dir: &Path,
+        max_release_age: Option<Duration>,
     ) -> Result<Self, ClientError> {
         if keys.is_empty() {
             return Err(ClientError::NoTrustedKeys);
         }
-        let manifests = cache_dir
-            .join("registries")
-            .join(Digest::of(url.as_bytes()).short());
         let client = RegistryClient::new(url, TrustedKeys::new(keys))?
             .with_token(token)
-            .with_cache_dir(manifests);
+            .with_cache_root(cache_dir)
+            .with_max_release_age(max_release_age);
         Ok(Source::Registry(client))
     }
 }

@@ -10,7 +10,8 @@
 //! | `blobs/sha256/<hex>` | zstd of the bytes whose SHA-256 is `<hex>` |
 //! | `manifests/sha256/<hex>` | manifest JSON whose SHA-256 is `<hex>` |
 //! | `build-cache/<hex>` | the manifest digest built for build-cache key `<hex>` |
-//! | `tags/<name>/_tag/<tag>` | the manifest digest `name:tag` points at |
+//! | `tags/<name>/_tag/<tag>` | the [`TagRecord`] of `name:tag`'s current release |
+//! | `tag-history/<name>/_tag/<tag>/<sequence>` | every release of `name:tag`, by 20-digit sequence |
 //! | `signatures/sha256/<hex>` | the registry's signature of manifest `<hex>` |
 //! | `<kind>/<hex>` | a service's small mutable records ([`RecordKind`]; the registry keeps `builds/` and `leases/`), never read as trusted data |
 //!
@@ -45,7 +46,8 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
-use thaw_core::signing::{ManifestSignature, SignatureError};
+use thaw_core::release::{Release, TagRecord};
+use thaw_core::signing::{Signature, SignatureError};
 use thaw_core::{
     BlobError, BlobRef, Digest, Manifest, ManifestError, Reference, TagRef, verify_manifest_bytes,
 };
@@ -400,7 +402,7 @@ impl ArtifactStore {
     pub async fn put_signature(
         &self,
         manifest: &Digest,
-        signature: &ManifestSignature,
+        signature: &Signature,
     ) -> Result<(), StoreError> {
         self.write(
             &signature_path(manifest),
@@ -410,10 +412,7 @@ impl ArtifactStore {
     }
 
     /// The stored signature of a manifest, if any.
-    pub async fn get_signature(
-        &self,
-        manifest: &Digest,
-    ) -> Result<Option<ManifestSignature>, StoreError> {
+    pub async fn get_signature(&self, manifest: &Digest) -> Result<Option<Signature>, StoreError> {
         let what = || format!("signature of {manifest}");
         match self.read(&signature_path(manifest), what).await {
             Ok(bytes) => std::str::from_utf8(&bytes)
@@ -491,19 +490,92 @@ impl ArtifactStore {
         }
     }
 
-    /// Points `tag` at a stored manifest.
-    pub async fn set_tag(&self, tag: &TagRef, manifest: &Digest) -> Result<(), StoreError> {
-        if !self.exists(&manifest_path(manifest)).await? {
-            return Err(StoreError::NotFound(format!("manifest {manifest}")));
-        }
-        self.write(&tag_path(tag), PutPayload::from(manifest.to_string()))
-            .await
+    /// Points `tag` at a stored manifest with an unsigned release that
+    /// follows the current one: for a store trusted as a whole (`thaw
+    /// build`, `thaw pull`). The registry signs its own records and calls
+    /// [`ArtifactStore::put_tag_record`].
+    pub async fn set_tag(&self, tag: &TagRef, manifest: &Digest) -> Result<Release, StoreError> {
+        let previous = match self.get_tag_record(tag).await {
+            Ok(record) => record.release_unverified().ok(),
+            Err(StoreError::NotFound(_) | StoreError::Corrupt { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        // A local clock that went backwards still moves a local tag.
+        let requested_at_ms = previous
+            .as_ref()
+            .map_or(now_ms, |p| now_ms.max(p.requested_at_ms));
+        let release = Release::after(previous.as_ref(), tag, *manifest, requested_at_ms, None)
+            .expect("ordered by construction");
+        self.put_tag_record(&TagRecord::unsigned(&release)).await?;
+        Ok(release)
     }
 
-    /// The manifest digest a tag points at.
-    pub async fn get_tag(&self, tag: &TagRef) -> Result<Digest, StoreError> {
+    /// Moves the tag a record's release names, after storing the record in
+    /// the tag's history. The release's manifest must be stored.
+    pub async fn put_tag_record(&self, record: &TagRecord) -> Result<(), StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            what: "tag record".into(),
+            reason,
+        };
+        let release = record
+            .release_unverified()
+            .map_err(|e| corrupt(e.to_string()))?;
+        let tag = release.tag_ref().map_err(|e| corrupt(e.to_string()))?;
+        if !self.exists(&manifest_path(&release.manifest)).await? {
+            return Err(StoreError::NotFound(format!(
+                "manifest {}",
+                release.manifest
+            )));
+        }
+        let bytes = Bytes::from(record.to_bytes());
+        self.write(
+            &history_path(&tag, release.sequence),
+            PutPayload::from(bytes.clone()),
+        )
+        .await?;
+        self.write(&tag_path(&tag), PutPayload::from(bytes)).await
+    }
+
+    /// The record of a tag's current release, as stored (unverified). A
+    /// tag written by thaw before releases existed (a bare digest) reads as
+    /// an unsigned release with sequence 0.
+    pub async fn get_tag_record(&self, tag: &TagRef) -> Result<TagRecord, StoreError> {
         let bytes = self.read(&tag_path(tag), || format!("tag {tag}")).await?;
-        parse_digest_object(&bytes, || format!("tag {tag}"))
+        parse_tag_record(tag, &bytes)
+    }
+
+    /// A tag's releases, newest first, as stored (unverified); records
+    /// that cannot be read are skipped.
+    pub async fn tag_history(&self, tag: &TagRef) -> Result<Vec<TagRecord>, StoreError> {
+        let prefix = Path::from(history_prefix(tag));
+        let mut metas: Vec<_> = self.objects.list(Some(&prefix)).try_collect().await?;
+        metas.sort_by(|a, b| b.location.cmp(&a.location));
+        let mut records = Vec::with_capacity(metas.len());
+        for meta in metas {
+            match self
+                .read(&meta.location, || meta.location.to_string())
+                .await
+            {
+                Ok(bytes) => {
+                    if let Ok(record) = parse_tag_record(tag, &bytes) {
+                        records.push(record);
+                    }
+                }
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(records)
+    }
+
+    /// The manifest digest a tag points at, from its record (unverified:
+    /// for a store trusted as a whole).
+    pub async fn get_tag(&self, tag: &TagRef) -> Result<Digest, StoreError> {
+        let record = self.get_tag_record(tag).await?;
+        release_of(tag, &record).map(|release| release.manifest)
     }
 
     /// Resolves a reference to a verified manifest.
@@ -641,7 +713,20 @@ impl ArtifactStore {
             } else if records.iter().any(|kind| kind.holds(&key)) {
                 // Records of a service: they never point at data that a
                 // reader would trust.
-            } else if key.starts_with(thaw_core::TAGS_PREFIX) || key.starts_with("build-cache/") {
+            } else if let Some(tag) = TagRef::from_storage_key(&key) {
+                let bytes = self.read(&meta.location, || key.clone()).await?;
+                match parse_tag_record(&tag, &bytes).and_then(|r| release_of(&tag, &r)) {
+                    Ok(release) if self.exists(&manifest_path(&release.manifest)).await? => {}
+                    Ok(release) => problems.push(untrusted(format!(
+                        "names missing manifest {}",
+                        release.manifest
+                    ))),
+                    Err(e) => problems.push(untrusted(thaw_core::error::chain(&e))),
+                }
+            } else if key.starts_with(HISTORY_PREFIX) {
+                // Past releases: read by operators to roll back, and
+                // re-checked like any tag when one is restored.
+            } else if key.starts_with("build-cache/") {
                 let bytes = self.read(&meta.location, || key.clone()).await?;
                 match parse_digest_object(&bytes, || key.clone()) {
                     Ok(digest) if self.exists(&manifest_path(&digest)).await? => {}
@@ -819,7 +904,8 @@ impl RecordKind {
 }
 
 /// The folders of the store's own data that a record kind's name could
-/// collide with (`build-cache` cannot: record kinds have no `-`).
+/// collide with (`build-cache` and `tag-history` cannot: record kinds have
+/// no `-`).
 const CONTENT_FOLDERS: [&str; 4] = ["blobs", "manifests", "signatures", "tags"];
 
 const fn const_str_eq(a: &str, b: &str) -> bool {
@@ -865,4 +951,51 @@ fn cache_path(key: &Digest) -> Path {
 
 fn tag_path(tag: &TagRef) -> Path {
     Path::from(tag.storage_key())
+}
+
+const HISTORY_PREFIX: &str = "tag-history/";
+
+fn history_prefix(tag: &TagRef) -> String {
+    let key = tag.storage_key();
+    let under_tags = key
+        .strip_prefix(thaw_core::TAGS_PREFIX)
+        .expect("tag keys start with the tags prefix");
+    format!("{HISTORY_PREFIX}{under_tags}")
+}
+
+fn history_path(tag: &TagRef, sequence: u64) -> Path {
+    Path::from(format!("{}/{sequence:020}", history_prefix(tag)))
+}
+
+/// A stored tag object: a [`TagRecord`], or a bare digest from a thaw that
+/// predates releases.
+fn parse_tag_record(tag: &TagRef, bytes: &[u8]) -> Result<TagRecord, StoreError> {
+    if let Ok(manifest) = parse_digest_object(bytes, String::new) {
+        let mut legacy = Release::first(tag, manifest, 0, None);
+        legacy.sequence = 0;
+        return Ok(TagRecord::unsigned(&legacy));
+    }
+    TagRecord::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
+        what: format!("tag {tag}"),
+        reason: e.to_string(),
+    })
+}
+
+/// The release a tag's record holds, which must name that tag: a record
+/// copied under another tag's key is corrupt.
+fn release_of(tag: &TagRef, record: &TagRecord) -> Result<Release, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        what: format!("tag {tag}"),
+        reason,
+    };
+    let release = record
+        .release_unverified()
+        .map_err(|e| corrupt(e.to_string()))?;
+    if release.name != tag.name() || release.tag != tag.tag() {
+        return Err(corrupt(format!(
+            "holds the release of {}:{}",
+            release.name, release.tag
+        )));
+    }
+    Ok(release)
 }

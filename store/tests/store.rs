@@ -315,3 +315,58 @@ async fn repair_removes_a_corrupt_blob_and_everything_that_trusts_it() {
     assert_eq!(left[0].key, "stray/file");
     assert!(store.list_tags().await.unwrap().tags.is_empty());
 }
+
+#[tokio::test]
+async fn tag_moves_keep_a_history_and_a_copied_or_legacy_record_reads_as_what_it_is() {
+    let objects = Arc::new(InMemory::new());
+    let store = ArtifactStore::new(objects.clone(), "memory://");
+    let tag: TagRef = "hello:prod".parse().unwrap();
+    let mut digests = Vec::new();
+    for content in [&b"one"[..], b"two"] {
+        let blob = store.put_blob(content.to_vec().into()).await.unwrap();
+        digests.push(store.put_manifest(&manifest_for(&blob)).await.unwrap());
+    }
+    let first = store.set_tag(&tag, &digests[0]).await.unwrap();
+    let second = store.set_tag(&tag, &digests[1]).await.unwrap();
+    assert_eq!((first.sequence, second.sequence), (1, 2));
+    assert!(second.requested_at_ms >= first.requested_at_ms);
+    let history: Vec<_> = store
+        .tag_history(&tag)
+        .await
+        .unwrap()
+        .iter()
+        .map(|record| record.release_unverified().unwrap().manifest)
+        .collect();
+    assert_eq!(history, vec![digests[1], digests[0]]);
+    assert_eq!(store.check_integrity(&[]).await.unwrap(), vec![]);
+
+    // A record copied under another tag's key is not that tag's.
+    let record = store.get_tag_record(&tag).await.unwrap();
+    let other: TagRef = "billing:prod".parse().unwrap();
+    objects
+        .put(
+            &Path::from(other.storage_key()),
+            PutPayload::from(record.to_bytes()),
+        )
+        .await
+        .unwrap();
+    let err = store.get_tag(&other).await.unwrap_err();
+    assert!(err.to_string().contains("hello:prod"), "{err}");
+    let problems = store.check_integrity(&[]).await.unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].untrusted && problems[0].key == other.storage_key());
+
+    // A bare digest from a thaw before releases reads as sequence 0, and
+    // the next move continues from it.
+    let legacy: TagRef = "hello:old".parse().unwrap();
+    objects
+        .put(
+            &Path::from(legacy.storage_key()),
+            PutPayload::from(digests[0].to_string()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.get_tag(&legacy).await.unwrap(), digests[0]);
+    let moved = store.set_tag(&legacy, &digests[1]).await.unwrap();
+    assert_eq!(moved.sequence, 1);
+}

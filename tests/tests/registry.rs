@@ -25,6 +25,7 @@ const TOKEN: &str = "test-push-token";
 
 struct Registry {
     base: String,
+    service: Service,
     key: thaw_core::signing::PublicKey,
     store: ArtifactStore,
     stop: Option<oneshot::Sender<()>>,
@@ -42,23 +43,20 @@ impl Registry {
     ) -> Registry {
         let builder = Builder::new(store.clone(), Compiler::new()).unwrap();
         let public = key.public();
-        let mut config = ServiceConfig::new(Tokens::parse(TOKEN));
+        let mut config = ServiceConfig::new(Tokens::parse(TOKEN).unwrap());
         configure(&mut config);
         let service = Service::start(builder, key, config).unwrap();
+        let router = service.router();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address: SocketAddr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let limits = thaw_http::ConnectionLimits::default();
-        tokio::spawn(thaw_http::serve(
-            listener,
-            service.router(),
-            limits,
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        tokio::spawn(thaw_http::serve(listener, router, limits, async {
+            let _ = stopped.await;
+        }));
         Registry {
             base: format!("http://{address}"),
+            service,
             key: public,
             store,
             stop: Some(stop),
@@ -71,8 +69,13 @@ impl Registry {
             .with_token(Some(TOKEN.into()))
     }
 
+    /// A GET with the token, as an edge host or a tenant sends it.
     async fn get(&self, path: &str) -> reqwest::Response {
-        reqwest::get(format!("{}{path}", self.base)).await.unwrap()
+        authorized()
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
     }
 
     async fn metrics(&self) -> String {
@@ -82,6 +85,19 @@ impl Registry {
     fn stop(&mut self) {
         self.stop.take();
     }
+}
+
+/// An HTTP client that sends [`TOKEN`] with every request.
+fn authorized() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {TOKEN}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 fn host_only(reference: &str) -> PushRequest {
@@ -184,7 +200,12 @@ async fn push_pull_and_run_with_signed_manifests_and_a_cache_hit() {
     ));
     assert!(again.manifest.is_some());
     assert_eq!(
-        client.tag(&"hello:v2".parse().unwrap()).await.unwrap(),
+        client
+            .tag(&"hello:v2".parse().unwrap())
+            .await
+            .unwrap()
+            .0
+            .manifest,
         manifest
     );
 
@@ -202,7 +223,8 @@ async fn push_pull_and_run_with_signed_manifests_and_a_cache_hit() {
         &registry.base,
         TrustedKeys::new(vec![RegistryKey::generate().public()]),
     )
-    .unwrap();
+    .unwrap()
+    .with_token(Some(TOKEN.into()));
     let refused = runner(tempfile::tempdir().unwrap().path())
         .load(&stranger, &hello_v1)
         .await
@@ -263,7 +285,7 @@ async fn push_pull_and_run_with_signed_manifests_and_a_cache_hit() {
 
     // HEAD answers for manifests and blobs, with the digest as ETag and
     // immutable caching.
-    let http = reqwest::Client::new();
+    let http = authorized();
     let manifest_url = format!("{}/v1/manifests/{manifest}", registry.base);
     let head = http.head(&manifest_url).send().await.unwrap();
     assert_eq!(head.status(), 200);
@@ -386,20 +408,18 @@ async fn bad_requests_get_specific_errors_and_the_registry_keeps_serving() {
         "{metrics}"
     );
 
-    // With protected pulls, reads need the token too.
-    let protected = Registry::start(ArtifactStore::open("memory://").unwrap(), |config| {
-        config.pull_requires_token = true;
+    // Reads need a token by default; with public reads, they do not.
+    let anonymous = reqwest::get(format!("{base}/v1/tags")).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let public = Registry::start(ArtifactStore::open("memory://").unwrap(), |config| {
+        config.public_reads = true;
     })
     .await;
-    assert_eq!(protected.get("/v1/tags").await.status(), 401);
-    let authorized = reqwest::Client::new()
-        .get(format!("{}/v1/tags", protected.base))
-        .bearer_auth(TOKEN)
-        .send()
+    let anonymous = reqwest::get(format!("{}/v1/tags", public.base))
         .await
         .unwrap();
-    assert_eq!(authorized.status(), 200);
-    assert_eq!(protected.get("/healthz").await.status(), 200);
+    assert_eq!(anonymous.status(), 200);
+    assert_eq!(public.get("/healthz").await.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -569,22 +589,26 @@ async fn fake_registry(router: axum::Router) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_client_refuses_oversized_answers_and_gives_up_on_a_silent_registry() {
     let digest = thaw_core::Digest::of(b"manifest");
+    // A validly signed release, so the client goes on to the manifest.
+    let key = RegistryKey::generate();
+    let tag: thaw_core::TagRef = "a:b".parse().unwrap();
+    let release = thaw_core::release::Release::first(&tag, digest, 0, None);
+    let entry = thaw_core::api::TagEntry {
+        reference: tag.to_string(),
+        manifest: digest,
+        sequence: 1,
+        release: thaw_core::release::TagRecord::signed(&release, &key),
+    };
     let huge = |size: usize| move || async move { vec![b' '; size] };
     let hostile = axum::Router::new()
         .route(
             "/v1/tags/{*reference}",
-            axum::routing::get(move || async move {
-                axum::Json(serde_json::json!({"reference": "a:b", "manifest": digest}))
-            }),
+            axum::routing::get(move || async move { axum::Json(entry) }),
         )
         .route("/v1/manifests/{digest}", axum::routing::get(huge(8 << 20)))
         .route("/v1/tags", axum::routing::get(huge(32 << 20)));
     let base = fake_registry(hostile).await;
-    let client = RegistryClient::new(
-        &base,
-        TrustedKeys::new(vec![RegistryKey::generate().public()]),
-    )
-    .unwrap();
+    let client = RegistryClient::new(&base, TrustedKeys::new(vec![key.public()])).unwrap();
     let err = client.resolve(&"a:b".parse().unwrap()).await.unwrap_err();
     assert!(
         matches!(err, ClientError::TooLarge { limit, .. } if limit == thaw_client::MAX_MANIFEST_BYTES),
@@ -598,7 +622,7 @@ async fn the_client_refuses_oversized_answers_and_gives_up_on_a_silent_registry(
         axum::routing::get(std::future::pending::<&'static str>),
     );
     let base = fake_registry(silent).await;
-    let client = RegistryClient::new(&base, TrustedKeys::default())
+    let client = RegistryClient::new(&base, TrustedKeys::new(vec![key.public()]))
         .unwrap()
         .with_timeouts(thaw_client::ClientTimeouts {
             read: Duration::from_millis(300),
@@ -832,7 +856,9 @@ async fn an_interrupted_pull_resumes_and_a_partial_blob_is_never_loaded() {
     let trusted = TrustedKeys::new(vec![registry.key]);
 
     let once = CuttingProxy::start(&registry.base, true).await;
-    let client = RegistryClient::new(&once.base, trusted.clone()).unwrap();
+    let client = RegistryClient::new(&once.base, trusted.clone())
+        .unwrap()
+        .with_token(Some(TOKEN.into()));
     let cache = tempfile::tempdir().unwrap();
     let function = runner(cache.path()).load(&client, &hello_v1).await.unwrap();
     assert_eq!(get_root(&function).await.status, 200);
@@ -850,7 +876,9 @@ async fn an_interrupted_pull_resumes_and_a_partial_blob_is_never_loaded() {
     );
 
     let always = CuttingProxy::start(&registry.base, false).await;
-    let client = RegistryClient::new(&always.base, trusted).unwrap();
+    let client = RegistryClient::new(&always.base, trusted)
+        .unwrap()
+        .with_token(Some(TOKEN.into()));
     let cache = tempfile::tempdir().unwrap();
     let error = runner(cache.path())
         .load(&client, &hello_v1)
@@ -881,7 +909,8 @@ async fn cached_functions_keep_loading_while_the_registry_is_down() {
     let client = || {
         RegistryClient::new(&base, TrustedKeys::new(vec![key]))
             .unwrap()
-            .with_cache_dir(cache.path().join("manifests"))
+            .with_token(Some(TOKEN.into()))
+            .with_cache_root(&cache.path().join("manifests"))
     };
     let hello_v1: Reference = "hello:v1".parse().unwrap();
     runner(cache.path())
@@ -907,4 +936,318 @@ async fn cached_functions_keep_loading_while_the_registry_is_down() {
         RunError::Registry(e) => assert!(e.is_unavailable(), "{e}"),
         other => panic!("{other}"),
     }
+}
+
+/// Tenants: a token pushes and reads only the names its scopes cover, an
+/// edge host's `pull:*` token reads everything and pushes nothing, and each
+/// release names the token that moved the tag (by fingerprint).
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_push_and_read_only_the_names_their_tokens_cover() {
+    const TOKENS: &str = "team-a-secret team-a-*\nteam-b-secret team-b-*\nedge-secret pull:*\n";
+    let registry = Registry::start(ArtifactStore::open("memory://").unwrap(), |config| {
+        config.tokens = Tokens::parse(TOKENS).unwrap();
+    })
+    .await;
+    let base = &registry.base;
+    let as_token = |token: &str| {
+        RegistryClient::new(base, TrustedKeys::new(vec![registry.key]))
+            .unwrap()
+            .with_token(Some(token.into()))
+    };
+
+    // Tenant B cannot push over tenant A's function; the scope is named.
+    let refused = post_module(
+        base,
+        "name=team-a-api&tag=prod",
+        Some("team-b-secret"),
+        "application/wasm",
+        hello(),
+    )
+    .await;
+    assert_eq!(refused.status(), 403);
+    let message = error_of(refused).await;
+    assert!(
+        message.contains("team-b-*") && message.contains("team-a-api"),
+        "{message}"
+    );
+
+    let team_a = as_token("team-a-secret");
+    let pushed = team_a
+        .push(hello(), &host_only("team-a-api:prod"), |_| {})
+        .await
+        .unwrap();
+    let BuildState::Succeeded { manifest, .. } = pushed.state else {
+        panic!("{pushed:?}");
+    };
+    let tag = "team-a-api:prod".parse().unwrap();
+
+    // The edge host reads every tenant's tags; the release says who moved
+    // the tag, without the secret.
+    let edge = as_token("edge-secret");
+    let (release, _) = edge.tag(&tag).await.unwrap();
+    assert_eq!(release.manifest, manifest);
+    let by = release.by.unwrap();
+    assert!(by.starts_with("token:") && !by.contains("secret"), "{by}");
+    assert_eq!(edge.tags().await.unwrap().len(), 1);
+
+    // Tenant B sees none of A's tags, and cannot read or move them.
+    assert!(as_token("team-b-secret").tags().await.unwrap().is_empty());
+    let err = as_token("team-b-secret").tag(&tag).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Status { status: 403, .. }),
+        "{err}"
+    );
+    let err = as_token("team-b-secret")
+        .move_tag(&tag, &manifest)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Status { status: 403, .. }),
+        "{err}"
+    );
+    // A pull-only token pushes nothing.
+    let err = edge.move_tag(&tag, &manifest).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Status { status: 403, .. }),
+        "{err}"
+    );
+    // Nobody reads without a token.
+    let anonymous = reqwest::get(format!("{base}/v1/tags/team-a-api:prod"))
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    // Tenant A promotes its build to another tag with one command, and
+    // the history lists both releases of prod after a re-push.
+    let canary = "team-a-api:canary".parse().unwrap();
+    let promoted = team_a.move_tag(&canary, &manifest).await.unwrap();
+    assert_eq!((promoted.manifest, promoted.sequence), (manifest, 1));
+    team_a
+        .push(hello(), &host_only("team-a-api:prod"), |_| {})
+        .await
+        .unwrap();
+    let history = edge.tag_history(&tag).await.unwrap();
+    let sequences: Vec<u64> = history.iter().map(|r| r.sequence).collect();
+    assert_eq!(sequences, vec![2, 1]);
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Someone who can write the bucket restores an old copy of it: every
+/// object still carries a valid signature, but a runner that has seen the
+/// newer release refuses the older one. A release copied under another
+/// tag's key is refused too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bucket_restored_from_an_old_copy_cannot_roll_runners_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    let key = RegistryKey::generate();
+    let open = || ArtifactStore::open(bucket.to_str().unwrap()).unwrap();
+    let mut registry = Registry::start_with_key(open(), key.clone(), |_| {}).await;
+    let prod: Reference = "hello:prod".parse().unwrap();
+    registry
+        .client()
+        .push(hello(), &host_only("hello:prod"), |_| {})
+        .await
+        .unwrap();
+    let snapshot = dir.path().join("bucket-after-v1");
+    copy_tree(&bucket, &snapshot);
+    let mut v2 = host_only("hello:prod");
+    v2.init_env = vec![("RELEASE".into(), "2".into())];
+    registry.client().push(hello(), &v2, |_| {}).await.unwrap();
+
+    let cache = tempfile::tempdir().unwrap();
+    let edge = |base: &str| {
+        RegistryClient::new(base, TrustedKeys::new(vec![key.public()]))
+            .unwrap()
+            .with_token(Some(TOKEN.into()))
+            .with_cache_root(cache.path())
+    };
+    let seen = runner(cache.path())
+        .load(&edge(&registry.base), &prod)
+        .await
+        .unwrap();
+    let v2_digest = *seen.manifest_digest();
+
+    // The rollback: the old copy, served by the same key at a new address.
+    registry.stop();
+    std::fs::remove_dir_all(&bucket).unwrap();
+    copy_tree(&snapshot, &bucket);
+    let restored = Registry::start_with_key(open(), key.clone(), |_| {}).await;
+    let error = runner(cache.path())
+        .load(&edge(&restored.base), &prod)
+        .await
+        .err()
+        .unwrap();
+    let message = error.to_string();
+    assert!(
+        matches!(
+            error,
+            RunError::Registry(ClientError::Release(
+                thaw_core::release::ReleaseError::RolledBack {
+                    offered: 1,
+                    seen: 2,
+                    ..
+                }
+            ))
+        ),
+        "{message}"
+    );
+    // A client that never saw v2 has no floor: that is what the runner's
+    // cache is for (and --max-release-age bounds how stale it can be).
+    let fresh = tempfile::tempdir().unwrap();
+    let (old, _) = RegistryClient::new(&restored.base, TrustedKeys::new(vec![key.public()]))
+        .unwrap()
+        .with_token(Some(TOKEN.into()))
+        .with_cache_root(fresh.path())
+        .tag(&"hello:prod".parse().unwrap())
+        .await
+        .unwrap();
+    assert_ne!(old.manifest, v2_digest);
+
+    // A release copied under another tag's key names the wrong tag.
+    let store = open();
+    let record = store
+        .get_tag_record(&"hello:prod".parse().unwrap())
+        .await
+        .unwrap();
+    let copied = bucket.join("tags/billing/_tag/prod");
+    std::fs::create_dir_all(copied.parent().unwrap()).unwrap();
+    std::fs::write(&copied, record.to_bytes()).unwrap();
+    let error = edge(&restored.base)
+        .tag(&"billing:prod".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ClientError::Release(thaw_core::release::ReleaseError::WrongTag { .. })
+        ),
+        "{error}"
+    );
+}
+
+/// A build that finishes after a newer push of the same tag does not move
+/// it back, and its push says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_build_does_not_overwrite_a_newer_push() {
+    let registry = Registry::start(ArtifactStore::open("memory://").unwrap(), |_| {}).await;
+    let client = registry.client();
+    // Build the newer module once, so pushing it later is a cache hit.
+    let newer = client
+        .push(hello(), &host_only("hello:warmup"), |_| {})
+        .await
+        .unwrap();
+    let BuildState::Succeeded {
+        manifest: newer, ..
+    } = newer.state
+    else {
+        panic!("{newer:?}");
+    };
+    // The slow build is accepted first…
+    let mut slow = host_only("hello:prod");
+    slow.init_env = vec![("SLOW".into(), "1".into())];
+    let slow_push = {
+        let client = registry.client();
+        tokio::spawn(async move { client.push(hello(), &slow, |_| {}).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // …then the newer push lands at once, as a cache hit.
+    let fast = client
+        .push(hello(), &host_only("hello:prod"), |_| {})
+        .await
+        .unwrap();
+    assert!(matches!(
+        fast.state,
+        BuildState::Succeeded {
+            cache_hit: true,
+            ..
+        }
+    ));
+    let error = slow_push.await.unwrap().unwrap_err().to_string();
+    assert!(error.contains("hello:prod was not moved"), "{error}");
+    let (release, _) = client.tag(&"hello:prod".parse().unwrap()).await.unwrap();
+    assert_eq!(release.manifest, newer);
+}
+
+/// A store whose tags an older thaw wrote (bare digests) keeps working:
+/// the registry signs them as releases when it starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn tags_written_by_an_older_thaw_are_signed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::open(dir.path().to_str().unwrap()).unwrap();
+    let key = RegistryKey::generate();
+    let registry = Registry::start_with_key(store.clone(), key.clone(), |_| {}).await;
+    let pushed = registry
+        .client()
+        .push(hello(), &host_only("hello:v1"), |_| {})
+        .await
+        .unwrap();
+    let BuildState::Succeeded { manifest, .. } = pushed.state else {
+        panic!("{pushed:?}");
+    };
+    // What an older thaw left: the bare digest, no release.
+    let legacy = dir.path().join("tags/hello/_tag/old");
+    std::fs::write(&legacy, manifest.to_string()).unwrap();
+    let err = registry
+        .client()
+        .tag(&"hello:old".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not signed"), "{err}");
+    let again = Registry::start_with_key(store.clone(), key, |_| {}).await;
+    assert_eq!(again.service.sign_legacy_tags().await.unwrap(), 1);
+    let (release, _) = again
+        .client()
+        .tag(&"hello:old".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!((release.manifest, release.sequence), (manifest, 1));
+}
+
+/// Regression: the store had no per-tenant bound, so varying `init_env`
+/// made new builds without end. A token at its quota gets 507 before its
+/// upload is read; other tenants are not affected.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_over_its_store_quota_gets_507_and_others_build_on() {
+    let registry = Registry::start(ArtifactStore::open("memory://").unwrap(), |config| {
+        config.tokens = Tokens::parse("greedy greedy-*\nother other-*\n").unwrap();
+        config.tenant_quota = Some(1);
+    })
+    .await;
+    let as_token = |token: &str| {
+        RegistryClient::new(&registry.base, TrustedKeys::new(vec![registry.key]))
+            .unwrap()
+            .with_token(Some(token.into()))
+    };
+    as_token("greedy")
+        .push(hello(), &host_only("greedy-a:v1"), |_| {})
+        .await
+        .unwrap();
+    let over = post_module(
+        &registry.base,
+        "name=greedy-a&tag=v2&init_env=VARIANT%3D2",
+        Some("greedy"),
+        "application/wasm",
+        hello(),
+    )
+    .await;
+    assert_eq!(over.status(), 507);
+    let message = error_of(over).await;
+    assert!(message.contains("quota"), "{message}");
+    as_token("other")
+        .push(hello(), &host_only("other-a:v1"), |_| {})
+        .await
+        .unwrap();
 }
