@@ -22,7 +22,7 @@ use thaw_core::settings::{parse_duration, parse_key_value};
 use thaw_core::{Manifest, ModuleKind, Reference, TagRef, TargetProfile};
 use thaw_gobuild::{BuildMode, Go};
 use thaw_runner::options::{ServeOptions, SourceOptions};
-use thaw_runner::{ArtifactSource, Runner, RunnerConfig};
+use thaw_runner::{Runner, RunnerConfig, Source};
 use thaw_store::ArtifactStore;
 
 use crate::progress::{BuildProgress, format_duration};
@@ -309,7 +309,7 @@ async fn run(command: Command) -> Result<u8> {
         } => {
             let config = serve.runner_config()?;
             let source = source.open(&config.cache_dir)?;
-            serve_functions(&source, &functions, &serve, false).await?;
+            serve_functions(source, &functions, &serve, false).await?;
         }
         Command::CompileWorker {
             module,
@@ -489,7 +489,13 @@ async fn up(args: UpArgs) -> Result<()> {
     .await?;
     eprintln!("built {name} ({})", outcome.manifest_digest);
     let store = args.source.store.open()?;
-    serve_functions(&store, &[Reference::Tag(name)], &args.serve, true).await
+    serve_functions(
+        Source::Store(store),
+        &[Reference::Tag(name)],
+        &args.serve,
+        true,
+    )
+    .await
 }
 
 /// A function name from a path: `examples/hello` → `hello:latest`.
@@ -518,12 +524,12 @@ fn default_name(path: &Path) -> Result<TagRef> {
 }
 
 async fn serve_functions(
-    source: &impl ArtifactSource,
+    source: Source,
     references: &[Reference],
     options: &ServeOptions,
     announce_first_request: bool,
 ) -> Result<()> {
-    let mut app = options.load_app(source, references).await?;
+    let mut app = options.load_app(source, references, false).await?;
     if announce_first_request {
         let announced = AtomicBool::new(false);
         app = app.on_response(move |record| {
@@ -544,7 +550,7 @@ async fn serve_functions(
         .await
         .with_context(|| format!("listening on {}", options.listen))?;
     let address = listener.local_addr()?;
-    let names: Vec<_> = app.names().map(str::to_string).collect();
+    let names = app.names();
     match names.as_slice() {
         [only] => eprintln!("serving {only} on http://{address}/  (Ctrl-C to stop)"),
         _ => {

@@ -64,6 +64,9 @@ const MAX_ERROR_BYTES: usize = 64 << 10;
 /// The most a client reads of one build's event stream.
 pub const MAX_EVENT_STREAM_BYTES: usize = 16 << 20;
 
+/// The longest a registry holds a tag watch open.
+pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(25);
+
 /// Default [`ClientTimeouts::read`].
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default [`ClientTimeouts::request`].
@@ -188,6 +191,11 @@ impl ClientError {
     /// Whether the registry said the thing does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::Status { status: 404, .. })
+    }
+
+    /// Whether the registry refused the token for this name.
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, Self::Status { status: 403, .. })
     }
 
     /// Whether the registry was unreachable or failing, rather than the
@@ -428,6 +436,26 @@ impl RegistryClient {
         let response = self.send(&url, self.get_small(&url)).await?;
         let entry: TagEntry = json(&url, response).await?;
         self.accept(tag, entry)
+    }
+
+    /// Waits up to `wait` (at most 25 s) for `tag` to get a release newer
+    /// than the highest this client has seen (a long poll), and returns
+    /// the tag's current release, verified and checked like
+    /// [`RegistryClient::tag`]: newer if it moved, the same if not.
+    pub async fn watch_tag(&self, tag: &TagRef, wait: Duration) -> Result<Release, ClientError> {
+        if self.trusted.is_empty() {
+            return Err(ClientError::NoTrustedKeys);
+        }
+        let after = self.highest_seen(tag)?.map_or(0, |r| r.sequence);
+        let wait = wait.min(MAX_WATCH_WAIT);
+        let url = self.url(&format!(
+            "/v1/tags/{tag}?after={after}&wait={}ms",
+            wait.as_millis()
+        ));
+        let request = self.get(&url).timeout(wait + self.timeouts.request);
+        let response = self.send(&url, request).await?;
+        let entry: TagEntry = json(&url, response).await?;
+        Ok(self.accept(tag, entry)?.0)
     }
 
     /// Verifies and checks a tag's release, and remembers it as the highest

@@ -154,6 +154,8 @@ struct Shared {
     /// Held while a tag's current release is read and replaced, so two
     /// moves in this process never take the same sequence number.
     tag_moves: tokio::sync::Mutex<()>,
+    /// Counts this process's tag moves, to wake tag watches at once.
+    tag_moves_seen: tokio::sync::watch::Sender<u64>,
 }
 
 /// A running registry service. Cheap to clone.
@@ -190,6 +192,7 @@ impl Service {
             default_targets,
             uploads,
             tag_moves: tokio::sync::Mutex::new(()),
+            tag_moves_seen: tokio::sync::watch::Sender::new(0),
         }));
         builds::spawn_workers(&service, jobs);
         Ok(service)

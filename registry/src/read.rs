@@ -78,9 +78,28 @@ pub async fn list_tags(
     Ok(axum::Json(entries).into_response())
 }
 
-/// A tag's current release.
+/// The longest a tag watch is held open.
+const MAX_WATCH: std::time::Duration = std::time::Duration::from_secs(25);
+/// How often a held watch re-reads the store, for moves made by other
+/// registry processes (moves made by this one wake it at once).
+const WATCH_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A tag read that may wait for the tag to move.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Watch {
+    /// Hold the answer until the tag's release sequence is above this.
+    after: Option<u64>,
+    /// How long to hold it (`20s`, `500ms`; at most 25 s). Then the
+    /// current release is answered, moved or not.
+    wait: Option<String>,
+}
+
+/// A tag's current release; with `after`, a long poll that answers as soon
+/// as the tag moves past that sequence (edge runners use it to deploy new
+/// versions within a second or two).
 #[utoipa::path(get, path = "/v1/tags/{reference}", tag = "read",
-    params(("reference" = String, Path, description = "`name:tag`, e.g. `hello:v1` or `team/api:prod`")),
+    params(("reference" = String, Path, description = "`name:tag`, e.g. `hello:v1` or `team/api:prod`"), Watch),
     responses(
         (status = 200, description = "The tag and its signed release", body = TagEntry),
         (status = 400, description = "Not a `name:tag` reference", body = thaw_core::api::ErrorBody),
@@ -90,13 +109,29 @@ pub async fn get_tag(
     State(service): State<Service>,
     Extension(reader): Extension<Reader>,
     Path(reference): Path<String>,
+    axum::extract::Query(watch): axum::extract::Query<Watch>,
 ) -> Result<Response, ApiError> {
     let tag = parse_tag(&reference)?;
     if !reader.may_pull(tag.name()) {
         return Err(reader.refuse(tag.name()));
     }
-    let record = service.0.builder.store().get_tag_record(&tag).await?;
-    Ok(axum::Json(entry(&tag, record)?).into_response())
+    let store = service.0.builder.store();
+    let mut current = entry(&tag, store.get_tag_record(&tag).await?)?;
+    if let Some(after) = watch.after {
+        let wait = match &watch.wait {
+            Some(text) => thaw_core::settings::parse_duration(text)
+                .map_err(|e| ApiError::bad_request(format!("wait: {e}")))?,
+            None => MAX_WATCH,
+        };
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WATCH);
+        let mut moves = service.0.tag_moves_seen.subscribe();
+        while current.sequence <= after && tokio::time::Instant::now() < deadline {
+            let poll = deadline.min(tokio::time::Instant::now() + WATCH_POLL);
+            let _ = tokio::time::timeout_at(poll, moves.changed()).await;
+            current = entry(&tag, store.get_tag_record(&tag).await?)?;
+        }
+    }
+    Ok(axum::Json(current).into_response())
 }
 
 /// Every release a tag has had, newest first: what an operator rolls back

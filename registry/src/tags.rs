@@ -112,6 +112,7 @@ async fn move_one(
     };
     let record = TagRecord::signed(&release, &shared.key);
     store.put_tag_record(&record).await?;
+    shared.tag_moves_seen.send_modify(|moves| *moves += 1);
     tracing::info!(
         tag = %request.tag,
         %manifest,

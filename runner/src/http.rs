@@ -21,8 +21,9 @@ use thaw_core::abi::{GuestResponse, parse_cgi_response, parse_http1_response};
 use thaw_core::{ModuleKind, Reference};
 use tokio::sync::Semaphore;
 
+use crate::catalog::{Capacity, Catalog, Miss, Routed};
 use crate::metrics::{FunctionLabels, Metrics, RequestLabels};
-use crate::{ArtifactSource, Function, Output, RunError, Runner, function_name};
+use crate::{Function, Output, RunError, Runner, Source, function_name};
 
 /// Default [`RequestLimits::max_body`]: 10 MiB.
 pub const DEFAULT_MAX_BODY: usize = 10 << 20;
@@ -166,7 +167,7 @@ pub type ResponseHook = Box<dyn Fn(&AccessRecord) + Send + Sync>;
 
 /// The functions served, and how.
 pub struct App {
-    functions: BTreeMap<String, Arc<Function>>,
+    catalog: Catalog,
     env: FunctionEnv,
     limits: RequestLimits,
     slots: Arc<Semaphore>,
@@ -174,7 +175,7 @@ pub struct App {
     /// as there are slots, so reading bodies before taking a slot costs no
     /// more memory than taking the slot first did.
     body_budget: Arc<Semaphore>,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     request_ids: AtomicU64,
     on_response: Option<ResponseHook>,
 }
@@ -191,19 +192,29 @@ impl App {
     ) -> Result<Self, AppError> {
         let mut by_name = BTreeMap::new();
         for (name, function) in functions {
-            if by_name.insert(name.clone(), Arc::new(function)).is_some() {
+            if by_name.insert(name.clone(), function).is_some() {
                 return Err(AppError::DuplicateName(name));
             }
         }
-        if let Some(unknown) = env.by_function.keys().find(|n| !by_name.contains_key(*n)) {
-            let served: Vec<_> = by_name.keys().map(String::as_str).collect();
-            return Err(AppError::UnknownFunction(
-                unknown.clone(),
-                served.join(", "),
-            ));
-        }
-        Ok(Self {
-            functions: by_name,
+        check_env_names(&env, by_name.keys())?;
+        let metrics = Arc::new(Metrics::default());
+        let capacity = Capacity {
+            max_loaded: by_name.len(),
+            function_instances: max_concurrency,
+        };
+        let catalog = Catalog::fixed(by_name, capacity, metrics.clone());
+        Ok(Self::with(catalog, env, limits, max_concurrency, metrics))
+    }
+
+    fn with(
+        catalog: Catalog,
+        env: FunctionEnv,
+        limits: RequestLimits,
+        max_concurrency: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            catalog,
             env,
             limits,
             slots: Arc::new(Semaphore::new(max_concurrency)),
@@ -211,36 +222,55 @@ impl App {
                 (max_concurrency * kib(limits.max_body as u64) as usize)
                     .min(Semaphore::MAX_PERMITS),
             )),
-            metrics: Metrics::default(),
+            metrics,
             request_ids: AtomicU64::new(1),
             on_response: None,
-        })
+        }
     }
 
     /// Loads every reference from `source` into `runner` and serves them
-    /// by name ([`function_name`]) with `env`; at most as many requests as
-    /// the runner has instance slots run at once.
+    /// by name ([`function_name`]) with `env`, following each tag as it
+    /// moves. With `on_demand`, also serves every other name `source`
+    /// resolves, loaded on first request within `capacity`. At most as
+    /// many requests as the runner has instance slots run at once.
     pub async fn load(
-        runner: &Runner,
-        source: &impl ArtifactSource,
+        runner: Arc<Runner>,
+        source: Source,
         references: &[Reference],
         env: FunctionEnv,
         limits: RequestLimits,
+        serving: Serving,
     ) -> Result<Self, LoadAppError> {
-        let mut functions = Vec::new();
+        let mut pinned: Vec<(String, Reference, Function)> = Vec::new();
         for reference in references {
             let function =
                 runner
-                    .load(source, reference)
+                    .load(&source, reference)
                     .await
                     .map_err(|source| LoadAppError::Load {
                         reference: reference.to_string(),
                         source,
                     })?;
-            functions.push((function_name(reference), function));
+            let name = function_name(reference);
+            if pinned.iter().any(|(n, _, _)| *n == name) {
+                return Err(AppError::DuplicateName(name).into());
+            }
+            pinned.push((name, reference.clone(), function));
+        }
+        if !serving.on_demand {
+            check_env_names(&env, pinned.iter().map(|(name, _, _)| name))?;
         }
         let slots = runner.config().max_instances as usize;
-        Ok(Self::new(functions, env, limits, slots)?)
+        let metrics = Arc::new(Metrics::default());
+        let catalog = Catalog::live(
+            runner,
+            source,
+            pinned,
+            serving.on_demand,
+            serving.capacity,
+            metrics.clone(),
+        );
+        Ok(Self::with(catalog, env, limits, slots, metrics))
     }
 
     /// Calls `hook` after every request.
@@ -249,9 +279,14 @@ impl App {
         self
     }
 
-    /// The names served.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.functions.keys().map(String::as_str)
+    /// The names loaded now.
+    pub fn names(&self) -> Vec<String> {
+        self.catalog.names()
+    }
+
+    /// Whether names not loaded at start are loaded on first request.
+    pub fn on_demand(&self) -> bool {
+        self.catalog.on_demand()
     }
 
     /// The axum router.
@@ -262,24 +297,45 @@ impl App {
             .fallback(handle)
             .with_state(Arc::new(self))
     }
+}
 
-    /// Picks the function for a request (see [`route`]).
-    fn route<'a>(
-        &'a self,
-        host: Option<&str>,
-        path: &str,
-    ) -> Option<(&'a str, &'a Arc<Function>, String)> {
-        route(&self.functions, host, path)
+/// Which names a live [`App`] serves, and within what.
+#[derive(Clone, Copy, Debug)]
+pub struct Serving {
+    /// Serve every name the source resolves, loaded on first request.
+    pub on_demand: bool,
+    /// How many functions stay loaded, and each one's share of instances.
+    pub capacity: Capacity,
+}
+
+/// An environment given for a name that is not served is a mistake.
+fn check_env_names<'a>(
+    env: &FunctionEnv,
+    names: impl Iterator<Item = &'a String> + Clone,
+) -> Result<(), AppError> {
+    if let Some(unknown) = env
+        .by_function
+        .keys()
+        .find(|n| !names.clone().any(|name| name == *n))
+    {
+        let served: Vec<_> = names.map(String::as_str).collect();
+        return Err(AppError::UnknownFunction(
+            unknown.clone(),
+            served.join(", "),
+        ));
     }
+    Ok(())
 }
 
 /// Picks the entry of `functions` for a request: by `Host`
 /// (`name.example.com`), then by path prefix (`/name/...`, stripped), then
-/// the only one. Returns its name, the entry and the path the guest sees.
-fn route<'a, F>(
+/// (with `sole`) the only one. Returns its name, the entry and the path the
+/// guest sees.
+pub(crate) fn route<'a, F>(
     functions: &'a BTreeMap<String, F>,
     host: Option<&str>,
     path: &str,
+    sole: bool,
 ) -> Option<(&'a str, &'a F, String)> {
     if let Some(host) = host {
         let label = host.split([':', '.']).next().unwrap_or_default();
@@ -302,7 +358,7 @@ fn route<'a, F>(
         };
         return Some((name, f, guest_path));
     }
-    if functions.len() == 1 {
+    if sole && functions.len() == 1 {
         let (name, f) = functions.iter().next()?;
         return Some((name, f, path.to_string()));
     }
@@ -339,30 +395,23 @@ async fn handle(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    let Some((name, function, guest_path)) = app.route(host.as_deref(), &path_and_query) else {
-        let names: Vec<_> = app.names().collect();
-        return error(
-            StatusCode::NOT_FOUND,
-            &format!(
-                "no function serves {path_and_query}; serving: {}",
-                names.join(", ")
-            ),
-        );
+    let routed = match app.catalog.route(host.as_deref(), &path_and_query).await {
+        Ok(routed) => routed,
+        Err(Miss::NotFound(reason)) => return error(StatusCode::NOT_FOUND, &reason),
+        Err(Miss::Unavailable(reason)) => {
+            let mut response = error(StatusCode::SERVICE_UNAVAILABLE, &reason);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
+        Err(Miss::Failed(reason)) => return error(StatusCode::BAD_GATEWAY, &reason),
     };
-    let (name, function) = (name.to_string(), function.clone());
+    let name = routed.name.clone();
     let request_id = app.request_ids.fetch_add(1, Ordering::Relaxed);
     let method = request.method().to_string();
 
-    let (response, instantiate) = run(
-        &app,
-        &name,
-        &function,
-        &guest_path,
-        remote,
-        request_id,
-        request,
-    )
-    .await;
+    let (response, instantiate) = run(&app, &routed, remote, request_id, request).await;
     let status = response.status().as_u16();
     let total = started.elapsed();
     app.metrics
@@ -406,13 +455,12 @@ async fn handle(
 
 async fn run(
     app: &App,
-    name: &str,
-    function: &Function,
-    guest_path: &str,
+    routed: &Routed,
     remote: SocketAddr,
     request_id: u64,
     request: Request,
 ) -> (Response, Option<Duration>) {
+    let (name, function, guest_path) = (&routed.name, &*routed.function, &routed.guest_path);
     let (parts, body) = request.into_parts();
     let limits = app.limits;
     // A body is reserved against the budget before it is read: its
@@ -461,6 +509,10 @@ async fn run(
     let Ok(_slot) = app.slots.clone().try_acquire_owned() else {
         let reason = "all instances are busy; retry shortly";
         return (busy(app, name, "concurrency", reason), None);
+    };
+    let Ok(_share) = routed.share.clone().try_acquire_owned() else {
+        let reason = "this function is using its whole share of instances; retry shortly";
+        return (busy(app, name, "function_share", reason), None);
     };
 
     let mut env = app.env.of(name);
@@ -803,7 +855,7 @@ mod tests {
             path in "/.{0,60}",
         ) {
             let functions: BTreeMap<String, ()> = names.into_iter().map(|n| (n, ())).collect();
-            if let Some((name, _, guest_path)) = route(&functions, host.as_deref(), &path) {
+            if let Some((name, _, guest_path)) = route(&functions, host.as_deref(), &path, true) {
                 proptest::prop_assert!(functions.contains_key(name));
                 proptest::prop_assert!(guest_path.starts_with('/'), "{guest_path:?}");
             }

@@ -27,6 +27,8 @@
 
 #![warn(missing_docs)]
 
+mod cache;
+pub mod catalog;
 pub mod http;
 mod metrics;
 #[cfg(feature = "cli")]
@@ -35,12 +37,12 @@ mod source;
 
 pub use source::{ArtifactSource, Source};
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use thaw_core::error::BoxError;
-use thaw_core::fs::{Durability, write_atomic};
 use thaw_core::target::host_triple;
 use thaw_core::{Artifact, Digest, Manifest, ModuleKind, Reference};
 use thaw_engine::guest::{self, GuestFailure, GuestState};
@@ -145,6 +147,9 @@ pub struct RunnerConfig {
     pub keep_resident: u64,
     /// How instances get their memory.
     pub allocator: Allocator,
+    /// Hash every cached artifact at every load, rather than trusting a
+    /// file verified before whose identity is unchanged.
+    pub verify_on_load: bool,
 }
 
 /// How instances get their memory and tables.
@@ -187,6 +192,7 @@ impl RunnerConfig {
             max_stderr: DEFAULT_MAX_STDERR,
             keep_resident: DEFAULT_KEEP_RESIDENT,
             allocator: Allocator::Pooling,
+            verify_on_load: false,
         }
     }
 }
@@ -242,7 +248,7 @@ impl Runner {
             .async_stack_size(WASM_STACK + (1 << 20));
         let engine = Engine::new(&engine_config).map_err(setup("the engine"))?;
         let linker = guest::linker(&engine).map_err(setup("the WASI linker"))?;
-        std::fs::create_dir_all(&config.cache_dir).map_err(|source| RunError::Cache {
+        cache::prepare_dir(&config.cache_dir).map_err(|source| RunError::Cache {
             path: config.cache_dir.clone(),
             source,
         })?;
@@ -314,10 +320,12 @@ impl Runner {
             host: format!("{host}, wasmtime {}", profile::WASMTIME_VERSION),
             source: e.into(),
         };
-        // SAFETY: `file` is the handle whose bytes were just hashed and
-        // matched the artifact's digest, from a manifest read from the
-        // trusted store or signed by a trusted registry key; cache files are only created by rename and never
-        // rewritten in place, so the mapping cannot change under us.
+        // SAFETY: `file` is a handle whose bytes matched the artifact's
+        // digest (hashed now, or before with its identity unchanged since;
+        // see `cache`), from a manifest read from the trusted store or
+        // signed by a trusted registry key. Cache files are only created by
+        // rename, read-only, in a directory private to this account, and
+        // never rewritten in place, so the mapping cannot change under us.
         let module =
             unsafe { Module::deserialize_open_file(&self.engine, file) }.map_err(incompatible)?;
         let pre = self.linker.instantiate_pre(&module).map_err(incompatible)?;
@@ -330,67 +338,45 @@ impl Runner {
     }
 
     /// An open handle to the verified local copy of `artifact`, fetching
-    /// it when missing or when the cached copy fails verification. The
-    /// handle that was hashed is the one that gets mapped, so a file swapped
-    /// in the cache after the check is never loaded.
+    /// it when missing or when the cached copy fails verification (see
+    /// [`cache`] for how a cached copy is trusted). The handle that was
+    /// checked is the one that gets mapped, so a file swapped in the cache
+    /// after the check is never loaded.
     async fn cached_artifact(
         &self,
         source: &impl ArtifactSource,
         artifact: &Artifact,
     ) -> Result<std::fs::File, RunError> {
-        let digest = artifact.blob.digest;
-        let path = self
-            .config
-            .cache_dir
-            .join(format!("{}.cwasm", digest.hex()));
-        let cache_error = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| RunError::Cache { path, source }
+        let entry = Arc::new(cache::Entry::new(
+            &self.config.cache_dir,
+            artifact.blob.digest,
+        ));
+        let cache_error = |e| RunError::Cache {
+            path: entry.file.clone(),
+            source: e,
         };
-        match open_verified(&path, digest).await {
-            Ok(Some(file)) => return Ok(file),
-            Ok(None) => {}
-            Err(e) => return Err(cache_error(&path)(e)),
+        let rehash = self.config.verify_on_load;
+        let open = |entry: Arc<cache::Entry>| async move {
+            tokio::task::spawn_blocking(move || cache::open_trusted(&entry, rehash))
+                .await
+                .expect("opening does not panic")
+        };
+        if let cache::Cached::Trusted(file) = open(entry.clone()).await.map_err(cache_error)? {
+            return Ok(file);
         }
         let bytes = source.fetch_blob(&artifact.blob).await?;
-        let target = path.clone();
-        tokio::task::spawn_blocking(move || write_atomic(&target, &bytes, Durability::Synced))
+        let target = entry.clone();
+        tokio::task::spawn_blocking(move || cache::insert(&target, &bytes))
             .await
             .expect("writing does not panic")
-            .map_err(cache_error(&path))?;
-        match open_verified(&path, digest).await {
-            Ok(Some(file)) => Ok(file),
-            Ok(None) => Err(cache_error(&path)(std::io::Error::other(
+            .map_err(cache_error)?;
+        match open(entry.clone()).await.map_err(cache_error)? {
+            cache::Cached::Trusted(file) => Ok(file),
+            cache::Cached::Missing => Err(cache_error(std::io::Error::other(
                 "the file changed right after it was written",
             ))),
-            Err(e) => Err(cache_error(&path)(e)),
         }
     }
-}
-
-/// Opens `path` and hashes the open file: `Some` if it holds `digest`;
-/// `None` if it is missing, or held other bytes (then it is removed).
-async fn open_verified(path: &Path, digest: Digest) -> std::io::Result<Option<std::fs::File>> {
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let mut file = match std::fs::File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let actual = Digest::of_reader(&mut file)?;
-        if actual == digest {
-            return Ok(Some(file));
-        }
-        tracing::warn!(
-            path = %path.display(), expected = %digest, %actual,
-            "cached artifact failed verification; discarding it"
-        );
-        std::fs::remove_file(&path)?;
-        Ok(None)
-    })
-    .await
-    .expect("hashing does not panic")
 }
 
 /// The artifact for this host's triple whose ISA flags this CPU all has,

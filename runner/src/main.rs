@@ -14,9 +14,10 @@ use thaw_runner::serve;
     about = "Serve precompiled thaw functions"
 )]
 struct Args {
-    /// Functions to serve: `name:tag` or manifest digests. One function is
-    /// served at `/`; several by path prefix `/<name>/` or `Host: <name>.…`.
-    #[arg(required = true)]
+    /// Functions to load at start: `name:tag` or manifest digests. One
+    /// function is served at `/`; several by path prefix `/<name>/` or
+    /// `Host: <name>.…`. With none, every function the registry or store
+    /// resolves is served, each loaded on its first request.
     functions: Vec<Reference>,
     #[command(flatten)]
     source: SourceOptions,
@@ -41,12 +42,16 @@ async fn main() -> Result<()> {
         .source
         .open(&config.cache_dir)
         .context("opening the function source")?;
-    let app = args.serve.load_app(&source, &args.functions).await?;
+    let on_demand = args.functions.is_empty();
+    let app = args
+        .serve
+        .load_app(source, &args.functions, on_demand)
+        .await?;
     let listener = tokio::net::TcpListener::bind(args.serve.listen)
         .await
         .with_context(|| format!("listening on {}", args.serve.listen))?;
-    let names: Vec<_> = app.names().map(str::to_string).collect();
-    tracing::info!(address = %listener.local_addr()?, functions = ?names, "serving");
+    let names = app.names();
+    tracing::info!(address = %listener.local_addr()?, functions = ?names, on_demand, "serving");
     serve(listener, app, args.serve.connections.limits()).await?;
     Ok(())
 }

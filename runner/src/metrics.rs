@@ -19,6 +19,11 @@ pub struct FunctionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LoadLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
     pub function: String,
     pub limit: &'static str,
@@ -38,6 +43,11 @@ pub struct Metrics {
     pub traps: Family<FunctionLabels, Counter>,
     pub limit_hits: Family<LimitLabels, Counter>,
     pub in_flight: Gauge,
+    pub loaded: Gauge,
+    pub loads: Family<LoadLabels, Counter>,
+    pub load_time: Histogram,
+    pub evictions: Counter,
+    pub deploys: Counter,
 }
 
 impl Default for Metrics {
@@ -49,6 +59,32 @@ impl Default for Metrics {
         let traps = Family::<FunctionLabels, Counter>::default();
         let limit_hits = Family::<LimitLabels, Counter>::default();
         let in_flight = Gauge::default();
+        let loaded = Gauge::default();
+        let loads = Family::<LoadLabels, Counter>::default();
+        let load_time = latency_histogram();
+        let evictions = Counter::default();
+        let deploys = Counter::default();
+        registry.register("functions_loaded", "Functions loaded now", loaded.clone());
+        registry.register(
+            "function_loads",
+            "First loads of functions on demand, by outcome (loaded, not_found, unavailable, failed)",
+            loads.clone(),
+        );
+        registry.register(
+            "function_load_duration_seconds",
+            "Time to load a function on demand (resolve, fetch if not cached, map)",
+            load_time.clone(),
+        );
+        registry.register(
+            "function_evictions",
+            "Idle functions unloaded to make room (--max-loaded)",
+            evictions.clone(),
+        );
+        registry.register(
+            "function_deploys",
+            "New versions swapped in after their tag moved",
+            deploys.clone(),
+        );
         registry.register(
             "requests",
             "Requests served, by function and status",
@@ -83,6 +119,11 @@ impl Default for Metrics {
             traps,
             limit_hits,
             in_flight,
+            loaded,
+            loads,
+            load_time,
+            evictions,
+            deploys,
         }
     }
 }
@@ -91,6 +132,11 @@ impl Metrics {
     /// The `/metrics` answer.
     pub fn response(&self) -> axum::response::Response {
         thaw_http::metrics_response(&self.registry)
+    }
+
+    pub fn load(&self, outcome: &'static str, elapsed: std::time::Duration) {
+        self.loads.get_or_create(&LoadLabels { outcome }).inc();
+        self.load_time.observe(elapsed.as_secs_f64());
     }
 
     pub fn limit_hit(&self, function: &str, limit: &'static str) {

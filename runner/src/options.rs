@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use thaw_core::Reference;
@@ -13,9 +14,10 @@ use thaw_core::signing::PublicKey;
 
 use thaw_http::ConnectionArgs;
 
-use crate::http::{App, DEFAULT_MAX_BODY, FunctionEnv, LoadAppError, RequestLimits};
+use crate::catalog::Capacity;
+use crate::http::{App, DEFAULT_MAX_BODY, FunctionEnv, LoadAppError, RequestLimits, Serving};
 use crate::{
-    Allocator, ArtifactSource, DEFAULT_KEEP_RESIDENT, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_MEMORY,
+    Allocator, DEFAULT_KEEP_RESIDENT, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_MEMORY,
     DEFAULT_MAX_STDERR, DEFAULT_MAX_STDOUT, Runner, RunnerConfig, Source,
 };
 
@@ -76,7 +78,22 @@ pub struct ServeOptions {
     /// Directory of verified artifacts. Default: `<cache home>/artifacts`.
     #[arg(long, env = "THAW_ARTIFACT_CACHE")]
     pub cache_dir: Option<PathBuf>,
+    /// Hash every cached artifact at every load instead of trusting one
+    /// verified before whose file identity is unchanged.
+    #[arg(long, env = "THAW_VERIFY_ON_LOAD")]
+    pub verify_on_load: bool,
+    /// Functions loaded on demand that stay loaded; beyond it, the least
+    /// recently used idle one is unloaded.
+    #[arg(long, env = "THAW_MAX_LOADED", default_value_t = DEFAULT_MAX_LOADED)]
+    pub max_loaded: usize,
+    /// Instances one function may run at once. Default: half of
+    /// `--max-instances`, so one hot function leaves the rest to others.
+    #[arg(long, env = "THAW_FUNCTION_INSTANCES")]
+    pub function_instances: Option<usize>,
 }
+
+/// Default `--max-loaded`.
+pub const DEFAULT_MAX_LOADED: usize = 256;
 
 impl ServeOptions {
     /// The runner configuration these options describe.
@@ -94,15 +111,18 @@ impl ServeOptions {
             max_stderr: DEFAULT_MAX_STDERR,
             keep_resident: self.keep_resident_mib << 20,
             allocator: self.instance_allocator,
+            verify_on_load: self.verify_on_load,
         })
     }
 
     /// Starts a runner with these options and loads every reference from
-    /// `source` into an [`App`] ready to serve.
+    /// `source` into an [`App`] ready to serve, following their tags; with
+    /// `on_demand`, every other name `source` resolves is served too.
     pub async fn load_app(
         &self,
-        source: &impl ArtifactSource,
+        source: Source,
         references: &[Reference],
+        on_demand: bool,
     ) -> Result<App, LoadAppError> {
         let runner = Runner::new(self.runner_config()?).map_err(|source| LoadAppError::Load {
             reference: "*".into(),
@@ -112,7 +132,18 @@ impl ServeOptions {
             max_body: self.max_body_bytes,
             body_timeout: self.body_timeout,
         };
-        App::load(&runner, source, references, self.function_env()?, limits).await
+        let serving = Serving {
+            on_demand,
+            capacity: Capacity {
+                max_loaded: self.max_loaded.max(1),
+                function_instances: self
+                    .function_instances
+                    .unwrap_or(self.max_instances as usize / 2)
+                    .max(1),
+            },
+        };
+        let env = self.function_env()?;
+        App::load(Arc::new(runner), source, references, env, limits, serving).await
     }
 
     /// The environment these options give functions, files read.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use thaw_client::{ClientError, RegistryClient};
 use thaw_core::signing::{PublicKey, TrustedKeys};
-use thaw_core::{BlobRef, Digest, Manifest, Reference};
+use thaw_core::{BlobRef, Digest, Manifest, Reference, TagRef};
 use thaw_store::{ArtifactStore, StoreError};
 
 use crate::RunError;
@@ -46,6 +46,9 @@ impl ArtifactSource for RegistryClient {
     }
 }
 
+/// How often a store's tag is read while waiting for it to move.
+const STORE_POLL: Duration = Duration::from_millis(500);
+
 /// A trusted store or a registry, chosen at run time.
 #[derive(Clone, Debug)]
 pub enum Source {
@@ -81,6 +84,36 @@ impl Source {
             .with_cache_root(cache_dir)
             .with_max_release_age(max_release_age);
         Ok(Source::Registry(client))
+    }
+}
+
+impl Source {
+    /// Waits up to `wait` for `tag` to point at a manifest other than
+    /// `current`; returns it, or `None` if the tag did not move. A registry
+    /// answers a long poll (and its release is checked as every release
+    /// is); a store is read every half second.
+    pub async fn wait_for_move(
+        &self,
+        tag: &TagRef,
+        current: &Digest,
+        wait: Duration,
+    ) -> Result<Option<Digest>, RunError> {
+        let moved = |digest: Digest| (digest != *current).then_some(digest);
+        match self {
+            Source::Registry(client) => Ok(moved(client.watch_tag(tag, wait).await?.manifest)),
+            Source::Store(store) => {
+                let deadline = tokio::time::Instant::now() + wait;
+                loop {
+                    if let Some(next) = moved(store.get_tag(tag).await?) {
+                        return Ok(Some(next));
+                    }
+                    if tokio::time::Instant::now() + STORE_POLL > deadline {
+                        return Ok(None);
+                    }
+                    tokio::time::sleep(STORE_POLL).await;
+                }
+            }
+        }
     }
 }
 

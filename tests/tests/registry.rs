@@ -1251,3 +1251,213 @@ async fn a_tenant_over_its_store_quota_gets_507_and_others_build_on() {
         .await
         .unwrap();
 }
+
+/// An edge runner that serves every function the registry resolves,
+/// loading each on its first request. Returns its base URL.
+async fn edge_runner(registry: &Registry, cache: &std::path::Path, max_loaded: usize) -> String {
+    use thaw_runner::catalog::Capacity;
+    use thaw_runner::http::{App, FunctionEnv, RequestLimits, Serving};
+    let runner = Arc::new(Runner::new(RunnerConfig::new(cache)).unwrap());
+    let source = thaw_runner::Source::registry(
+        &registry.base,
+        vec![registry.key],
+        Some(TOKEN.into()),
+        cache,
+        None,
+    )
+    .unwrap();
+    let serving = Serving {
+        on_demand: true,
+        capacity: Capacity {
+            max_loaded,
+            function_instances: 32,
+        },
+    };
+    let app = App::load(
+        runner,
+        source,
+        &[],
+        FunctionEnv::default(),
+        RequestLimits::default(),
+        serving,
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(thaw_http::serve(
+        listener,
+        app.router(),
+        thaw_http::ConnectionLimits::default(),
+        std::future::pending(),
+    ));
+    base
+}
+
+/// GET `path` on a runner with `Host: <host>`; returns status and body.
+async fn fetch(http: &reqwest::Client, base: &str, host: &str, path: &str) -> (u16, String) {
+    let response = http
+        .get(format!("{base}{path}"))
+        .header("host", host)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+fn versioned(version: &str, name: &str) -> PushRequest {
+    let mut request = host_only(name);
+    request.init_env = vec![("VERSION".into(), version.into())];
+    request
+}
+
+/// Two edge runners serve whatever the registry holds without naming it,
+/// follow a tag move under load with no failed request, and keep serving
+/// what they loaded when the registry goes away.
+#[tokio::test(flavor = "multi_thread")]
+async fn edge_runners_serve_on_demand_and_deploy_a_pushed_version_live() {
+    let mut registry = Registry::start(ArtifactStore::open("memory://").unwrap(), |_| {}).await;
+    let client = registry.client();
+    let module: Bytes = build_go("tests/fixtures/go/versioned", BuildMode::Auto).into();
+    client
+        .push(hello(), &host_only("hello:latest"), |_| {})
+        .await
+        .unwrap();
+    client
+        .push(module.clone(), &versioned("1", "versioned:latest"), |_| {})
+        .await
+        .unwrap();
+
+    let caches = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut runners = Vec::new();
+    for cache in &caches {
+        runners.push(edge_runner(&registry, cache.path(), 8).await);
+    }
+    let http = reqwest::Client::new();
+    for base in &runners {
+        // By path prefix and by Host label, neither named at start.
+        let (status, body) = fetch(&http, base, "127.0.0.1", "/hello/").await;
+        assert_eq!((status, body.as_str()), (200, "hello from thaw\n"));
+        let (status, body) = fetch(&http, base, "versioned.edge.test", "/").await;
+        assert_eq!((status, body.as_str()), (200, "version 1\n"));
+        let (status, body) = fetch(&http, base, "127.0.0.1", "/nope/").await;
+        assert_eq!(status, 404, "{body}");
+    }
+
+    // Drive both runners while version 2 is pushed.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut drivers = Vec::new();
+    for base in runners.clone() {
+        for _ in 0..3 {
+            let (http, stop, base) = (http.clone(), stop.clone(), base.clone());
+            drivers.push(tokio::spawn(async move {
+                let (mut served, mut failed) = (0u64, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (status, body) = fetch(&http, &base, "versioned.edge.test", "/").await;
+                    served += 1;
+                    if status != 200 || !body.starts_with("version ") {
+                        failed.push(format!("{status} {body}"));
+                    }
+                }
+                (served, failed)
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client
+        .push(module.clone(), &versioned("2", "versioned:latest"), |_| {})
+        .await
+        .unwrap();
+    let moved = std::time::Instant::now();
+    let mut propagation = Vec::new();
+    for base in &runners {
+        loop {
+            let (_, body) = fetch(&http, base, "versioned.edge.test", "/").await;
+            if body == "version 2\n" {
+                propagation.push(moved.elapsed());
+                break;
+            }
+            assert!(
+                moved.elapsed() < Duration::from_secs(20),
+                "{base} still serves {body:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for driver in drivers {
+        let (served, failed) = driver.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "requests failed during the swap: {failed:?}"
+        );
+        total += served;
+    }
+    eprintln!(
+        "tag move to both runners: {propagation:?} ({total} requests during the swap, none failed)"
+    );
+    let metrics = http
+        .get(format!("{}/metrics", runners[0]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "thaw_function_deploys_total 1",
+        "thaw_functions_loaded 2",
+        "thaw_function_loads_total{outcome=\"loaded\"} 2",
+        "thaw_function_loads_total{outcome=\"not_found\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+
+    // The registry goes away: loaded functions serve on; a name never
+    // loaded gets 503 with the reason.
+    registry.stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = fetch(&http, &runners[0], "127.0.0.1", "/hello/").await;
+    assert_eq!((status, body.as_str()), (200, "hello from thaw\n"));
+    let (status, body) = fetch(&http, &runners[0], "127.0.0.1", "/other/").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("loading other"), "{body}");
+}
+
+/// Thirty functions through a runner that keeps eight: each answers, in
+/// turn and again, and the least recently used idle ones make room.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_holds_many_functions_within_max_loaded() {
+    let registry = Registry::start(ArtifactStore::open("memory://").unwrap(), |_| {}).await;
+    let client = registry.client();
+    // One build, thirty names: every push after the first is a cache hit.
+    for i in 0..30 {
+        client
+            .push(hello(), &host_only(&format!("fn{i}:latest")), |_| {})
+            .await
+            .unwrap();
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let base = edge_runner(&registry, cache.path(), 8).await;
+    let http = reqwest::Client::new();
+    for _round in 0..2 {
+        for i in 0..30 {
+            let (status, body) = fetch(&http, &base, &format!("fn{i}.edge.test"), "/").await;
+            assert_eq!((status, body.as_str()), (200, "hello from thaw\n"), "fn{i}");
+        }
+    }
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("thaw_functions_loaded 8"), "{metrics}");
+    assert!(
+        metrics.contains("thaw_function_evictions_total 52"),
+        "60 loads into 8 places evict 52: {metrics}"
+    );
+}
