@@ -535,7 +535,8 @@ async fn serve_functions(
         app = app.on_response(move |record| {
             if !announced.swap(true, Ordering::Relaxed) {
                 let instantiate = record
-                    .instantiate
+                    .usage
+                    .and_then(|u| u.instantiate)
                     .map(|d| format!(", instantiate {} µs", d.as_micros()))
                     .unwrap_or_default();
                 eprintln!(

@@ -33,6 +33,14 @@ pub struct GuestState {
     memory: MemoryCap,
 }
 
+impl GuestState {
+    /// The largest linear memory the guest had, in bytes (including its
+    /// initial size: wasmtime asks the limiter for that too).
+    pub fn peak_memory(&self) -> u64 {
+        self.memory.peak
+    }
+}
+
 /// A linker that provides WASI preview 1, the only imports a thaw host
 /// offers, for guests run with [`store`].
 pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<GuestState>> {
@@ -121,12 +129,18 @@ impl GuestFailure {
 struct MemoryCap {
     limit: u64,
     hit: bool,
+    /// The largest size granted (memories never shrink: the peak).
+    peak: u64,
 }
 
 impl MemoryCap {
     /// A cap of `limit` bytes per linear memory.
     fn new(limit: u64) -> Self {
-        Self { limit, hit: false }
+        Self {
+            limit,
+            hit: false,
+            peak: 0,
+        }
     }
 
     /// Whether a growth was refused.
@@ -144,6 +158,9 @@ impl wasmtime::ResourceLimiter for MemoryCap {
     ) -> wasmtime::Result<bool> {
         let allowed = desired as u64 <= self.limit;
         self.hit |= !allowed;
+        if allowed {
+            self.peak = self.peak.max(desired as u64);
+        }
         Ok(allowed)
     }
 

@@ -20,10 +20,12 @@ use axum::routing::get;
 use thaw_core::abi::{GuestResponse, parse_cgi_response, parse_http1_response};
 use thaw_core::{ModuleKind, Reference};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::catalog::{Capacity, Catalog, Miss, Routed};
 use crate::metrics::{FunctionLabels, Metrics, RequestLabels};
-use crate::{Function, Output, RunError, Runner, Source, function_name};
+use crate::trace::{TRACEPARENT, TraceContext};
+use crate::{Function, Metering, Output, RunError, Runner, Source, function_name};
 
 /// Default [`RequestLimits::max_body`]: 10 MiB.
 pub const DEFAULT_MAX_BODY: usize = 10 << 20;
@@ -69,10 +71,19 @@ pub struct AccessRecord {
     pub function: String,
     /// The status sent.
     pub status: u16,
-    /// Time to create the instance, when one was created.
-    pub instantiate: Option<Duration>,
+    /// What the function's instance used, when one ran.
+    pub usage: Option<Usage>,
     /// Time inside the runner.
     pub total: Duration,
+}
+
+/// What one request's instance used.
+#[derive(Clone, Copy, Debug)]
+pub struct Usage {
+    /// Time to create the instance, when it was created.
+    pub instantiate: Option<Duration>,
+    /// CPU time and peak memory: what an operator bills from.
+    pub metering: Metering,
 }
 
 /// The functions and their environments do not fit together.
@@ -382,7 +393,7 @@ fn error(status: StatusCode, reason: &str) -> Response {
 async fn handle(
     State(app): State<Arc<App>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    request: Request,
+    mut request: Request,
 ) -> Response {
     let started = Instant::now();
     let host = request
@@ -410,8 +421,20 @@ async fn handle(
     let name = routed.name.clone();
     let request_id = app.request_ids.fetch_add(1, Ordering::Relaxed);
     let method = request.method().to_string();
+    let trace = TraceContext::for_request(request.headers());
+    request.headers_mut().insert(TRACEPARENT, trace.header());
+    let span = tracing::info_span!(
+        "request",
+        request_id,
+        function = %name,
+        trace_id = %trace.trace_id,
+        span_id = %trace.span_id
+    );
 
-    let (response, instantiate) = run(&app, &routed, remote, request_id, request).await;
+    let (response, usage) = run(&app, &routed, remote, request_id, request)
+        .instrument(span.clone())
+        .await;
+    let _entered = span.enter();
     let status = response.status().as_u16();
     let total = started.elapsed();
     app.metrics
@@ -428,25 +451,38 @@ async fn handle(
         .latency
         .get_or_create(&labels)
         .observe(total.as_secs_f64());
-    if let Some(instantiate) = instantiate {
-        app.metrics
-            .instantiation
+    if let Some(usage) = usage {
+        let metrics = &app.metrics;
+        if let Some(instantiate) = usage.instantiate {
+            metrics
+                .instantiation
+                .get_or_create(&labels)
+                .observe(instantiate.as_secs_f64());
+        }
+        metrics
+            .cpu
             .get_or_create(&labels)
-            .observe(instantiate.as_secs_f64());
+            .inc_by(usage.metering.cpu.as_secs_f64());
+        metrics
+            .peak_memory
+            .get_or_create(&labels)
+            .observe(usage.metering.peak_memory as f64);
     }
     tracing::info!(
         target: "thaw::access",
         // The path without its query: query strings can carry tokens.
-        request_id, function = %name, %method, path = %path_only(&path_and_query), status,
+        %method, path = %path_only(&path_and_query), status,
         total_us = total.as_micros() as u64,
-        instantiate_us = instantiate.map(|d| d.as_micros() as u64),
+        instantiate_us = usage.and_then(|u| u.instantiate).map(|d| d.as_micros() as u64),
+        cpu_us = usage.map(|u| u.metering.cpu.as_micros() as u64),
+        memory_peak = usage.map(|u| u.metering.peak_memory),
         "request"
     );
     if let Some(hook) = &app.on_response {
         hook(&AccessRecord {
             function: name,
             status,
-            instantiate,
+            usage,
             total,
         });
     }
@@ -459,7 +495,7 @@ async fn run(
     remote: SocketAddr,
     request_id: u64,
     request: Request,
-) -> (Response, Option<Duration>) {
+) -> (Response, Option<Usage>) {
     let (name, function, guest_path) = (&routed.name, &*routed.function, &routed.guest_path);
     let (parts, body) = request.into_parts();
     let limits = app.limits;
@@ -538,16 +574,25 @@ async fn run(
     let env = last_value_wins(env);
     // A guard, because hyper drops this future when the client goes away.
     let _in_flight = InFlight::enter(&app.metrics);
-    let result = function.call(stdin, &env).await;
+    let (result, metering) = function.call_metered(stdin, &env).await;
     match result {
         Ok(output) => {
-            let instantiate = Some(output.instantiate);
+            let usage = Usage {
+                instantiate: Some(output.instantiate),
+                metering,
+            };
             (
                 guest_response(app, name, function, parts.method.as_str(), output),
-                instantiate,
+                Some(usage),
             )
         }
-        Err(e) => (run_error(app, name, e), None),
+        Err(e) => {
+            let usage = Usage {
+                instantiate: None,
+                metering,
+            };
+            (run_error(app, name, e), Some(usage))
+        }
     }
 }
 

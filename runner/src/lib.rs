@@ -34,6 +34,7 @@ mod metrics;
 #[cfg(feature = "cli")]
 pub mod options;
 mod source;
+mod trace;
 
 pub use source::{ArtifactSource, Source};
 
@@ -467,6 +468,40 @@ pub struct Output {
     pub total: Duration,
 }
 
+/// What one call's instance used, whatever its outcome: what an operator
+/// bills from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Metering {
+    /// CPU time the call took on this host's threads: the guest's code and
+    /// the host calls it made.
+    pub cpu: Duration,
+    /// The guest's largest linear memory, in bytes.
+    pub peak_memory: u64,
+}
+
+/// A future that adds up the thread CPU time spent polling it: the time a
+/// guest runs, whichever worker thread polls it, without its waits.
+struct CpuTimed<F> {
+    inner: std::pin::Pin<Box<F>>,
+    spent: Duration,
+}
+
+impl<F: Future> Future for CpuTimed<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let started = cpu_time::ThreadTime::try_now().ok();
+        let polled = self.inner.as_mut().poll(cx);
+        if let Some(elapsed) = started.and_then(|s| s.try_elapsed().ok()) {
+            self.spent += elapsed;
+        }
+        polled
+    }
+}
+
 impl Function {
     /// The manifest's digest.
     pub fn manifest_digest(&self) -> &Digest {
@@ -481,6 +516,16 @@ impl Function {
     /// Runs one request in a fresh instance: `stdin` is the guest's stdin,
     /// `env` its whole environment. Nothing survives the call.
     pub async fn call(&self, stdin: Vec<u8>, env: &[(String, String)]) -> Result<Output, RunError> {
+        self.call_metered(stdin, env).await.0
+    }
+
+    /// [`Function::call`], and what the instance used, whatever the
+    /// outcome (a request stopped at its deadline used CPU too).
+    pub async fn call_metered(
+        &self,
+        stdin: Vec<u8>,
+        env: &[(String, String)],
+    ) -> (Result<Output, RunError>, Metering) {
         let started = Instant::now();
         // One byte over the cap, so that a response of exactly the cap is
         // told apart from a truncated one.
@@ -495,49 +540,61 @@ impl Function {
         let timeout = self.config.request_timeout;
         guest::set_deadline(&mut store, Some(started + timeout));
 
-        let run = async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
-            let instantiated = started.elapsed();
-            let entry = instance.get_typed_func::<(), ()>(&mut store, &self.manifest.entry)?;
-            entry.call_async(&mut store, ()).await?;
-            Ok::<_, wasmtime::Error>(instantiated)
+        let mut run = CpuTimed {
+            inner: Box::pin(async {
+                let instance = self.pre.instantiate_async(&mut store).await?;
+                let instantiated = started.elapsed();
+                let entry = instance.get_typed_func::<(), ()>(&mut store, &self.manifest.entry)?;
+                entry.call_async(&mut store, ()).await?;
+                Ok::<_, wasmtime::Error>(instantiated)
+            }),
+            spent: Duration::ZERO,
         };
         // A guest blocked in a host call (Go's time.Sleep waits in
         // poll_oneoff) runs no wasm, so no epoch check fires: bound the
         // whole call by the wall clock too.
-        let Ok(result) = tokio::time::timeout(timeout + 2 * EPOCH_TICK, run).await else {
-            return Err(RunError::Timeout(timeout));
+        let finished = tokio::time::timeout(timeout + 2 * EPOCH_TICK, &mut run).await;
+        let cpu = run.spent;
+        drop(run);
+        let metering = Metering {
+            cpu,
+            peak_memory: store.data().peak_memory(),
+        };
+        let Ok(result) = finished else {
+            return (Err(RunError::Timeout(timeout)), metering);
         };
         let stderr_bytes = stderr.contents();
+        let failed = |e| (Err(e), metering);
         let instantiate = match result {
             Ok(instantiated) => instantiated,
             Err(e) => match GuestFailure::of(&e, &store) {
                 // `proc_exit(0)` is how a Go command returns successfully.
                 GuestFailure::Exit(0) => started.elapsed(),
                 GuestFailure::Exit(code) => {
-                    return Err(RunError::Exit {
+                    return failed(RunError::Exit {
                         code,
                         stderr: stderr_bytes,
                     });
                 }
                 GuestFailure::MemoryLimit => {
-                    return Err(RunError::MemoryLimit(self.config.max_memory));
+                    return failed(RunError::MemoryLimit(self.config.max_memory));
                 }
-                GuestFailure::Timeout => return Err(RunError::Timeout(timeout)),
+                GuestFailure::Timeout => return failed(RunError::Timeout(timeout)),
                 GuestFailure::Trap(message) => {
-                    return Err(RunError::Trap {
+                    return failed(RunError::Trap {
                         message,
                         stderr: stderr_bytes,
                     });
                 }
             },
         };
-        Ok(Output {
+        let output = Output {
             stdout: stdout.contents(),
             stderr: stderr_bytes,
             instantiate,
             total: started.elapsed(),
-        })
+        };
+        (Ok(output), metering)
     }
 
     /// Runs a command module like a local program, for `thaw exec`: the

@@ -48,6 +48,13 @@ pub struct Metrics {
     pub load_time: Histogram,
     pub evictions: Counter,
     pub deploys: Counter,
+    pub cpu: Family<FunctionLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pub peak_memory: Family<FunctionLabels, Histogram, fn() -> Histogram>,
+}
+
+fn memory_histogram() -> Histogram {
+    // 1 MiB to 4 GiB.
+    Histogram::new(exponential_buckets(1048576.0, 2.0, 13))
 }
 
 impl Default for Metrics {
@@ -64,6 +71,18 @@ impl Default for Metrics {
         let load_time = latency_histogram();
         let evictions = Counter::default();
         let deploys = Counter::default();
+        let cpu = Family::<FunctionLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        let peak_memory = Family::new_with_constructor(memory_histogram as fn() -> Histogram);
+        registry.register(
+            "function_cpu_seconds",
+            "CPU time requests took on the host's threads (guest code and its host calls), by function",
+            cpu.clone(),
+        );
+        registry.register(
+            "function_memory_peak_bytes",
+            "Largest linear memory of each request's instance, by function",
+            peak_memory.clone(),
+        );
         registry.register("functions_loaded", "Functions loaded now", loaded.clone());
         registry.register(
             "function_loads",
@@ -124,6 +143,8 @@ impl Default for Metrics {
             load_time,
             evictions,
             deploys,
+            cpu,
+            peak_memory,
         }
     }
 }

@@ -317,6 +317,35 @@ async fn limits_give_the_right_status_while_good_requests_succeed() {
             "{limit}: {metrics}"
         );
     }
+    // Usage is metered for every request, those stopped at a limit too:
+    // the two spinning guests alone ran for most of their 2 s deadlines.
+    let cpu: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"thaw_function_cpu_seconds_total{function="misbehave"} "#))
+        .expect("a CPU counter for misbehave")
+        .parse()
+        .unwrap();
+    assert!(cpu > 1.0, "{cpu} s of CPU metered");
+    assert!(
+        metrics.contains(r#"thaw_function_memory_peak_bytes_count{function="misbehave"}"#),
+        "{metrics}"
+    );
+
+    // The caller's trace reaches the guest, with the runner as the parent.
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traced = client
+        .get(format!("{base}/trace"))
+        .header("traceparent", caller)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        traced.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && traced != caller,
+        "{traced}"
+    );
 }
 
 /// Runtime configuration and secrets reach one function through the
@@ -596,4 +625,126 @@ async fn an_sdk_function_built_as_a_command_serves_through_thaw_main() {
     let response = reqwest::get(format!("{}/", server.base)).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "hello from thaw\n");
+}
+
+/// A runner over a trusted store with no functions named serves every tag
+/// on demand, and deploys a tag moved in the store without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_runner_serves_on_demand_and_deploys_a_moved_tag() {
+    use thaw_runner::catalog::Capacity;
+    use thaw_runner::http::Serving;
+    let store = store_with(&["examples/hello", "examples/json-api"]).await;
+    let hello = store.get_tag(&"hello:v1".parse().unwrap()).await.unwrap();
+    let json_api = store
+        .get_tag(&"json-api:v1".parse().unwrap())
+        .await
+        .unwrap();
+    store
+        .set_tag(&"hello:latest".parse().unwrap(), &hello)
+        .await
+        .unwrap();
+    let latest = "api:latest".parse().unwrap();
+    store.set_tag(&latest, &json_api).await.unwrap();
+
+    let cache = tempfile::tempdir().unwrap();
+    let runner = std::sync::Arc::new(Runner::new(RunnerConfig::new(cache.path())).unwrap());
+    let serving = Serving {
+        on_demand: true,
+        capacity: Capacity {
+            max_loaded: 4,
+            function_instances: 4,
+        },
+    };
+    let source = thaw_runner::Source::Store(store.clone());
+    let app = App::load(
+        runner,
+        source,
+        &[],
+        live_env(),
+        RequestLimits::default(),
+        serving,
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(thaw_http::serve(
+        listener,
+        app.router(),
+        ConnectionLimits::default(),
+        std::future::pending(),
+    ));
+    let get = |path: &str| {
+        let url = format!("{base}{path}");
+        async move {
+            let response = reqwest::get(url).await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/hello/").await, (200, "hello from thaw\n".into()));
+    let (status, body) = get("/api/health").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(get("/missing/").await.0, 404);
+
+    // Point api:latest at hello's build: the runner follows.
+    store.set_tag(&latest, &hello).await.unwrap();
+    let moved = std::time::Instant::now();
+    loop {
+        if get("/api/").await == (200, "hello from thaw\n".into()) {
+            break;
+        }
+        assert!(moved.elapsed() < Duration::from_secs(20), "never deployed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A cached artifact changed in place after it was verified is never
+/// mapped as it is: on the identity path (verified once, trusted while its
+/// identity holds) and with `verify_on_load`, it is hashed, dropped and
+/// fetched again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cached_artifact_changed_after_verification_is_refetched() {
+    use std::os::unix::fs::PermissionsExt;
+    let store = store_with(&["examples/hello"]).await;
+    let hello: Reference = "hello:v1".parse().unwrap();
+    for verify_on_load in [false, true] {
+        let cache = tempfile::tempdir().unwrap();
+        let load = || async {
+            let mut config = RunnerConfig::new(cache.path());
+            config.verify_on_load = verify_on_load;
+            let function = Runner::new(config)
+                .unwrap()
+                .load(&store, &hello)
+                .await
+                .unwrap();
+            let output = function
+                .call(thaw_tests::request("GET", "/", b""), &[])
+                .await
+                .unwrap();
+            thaw_tests::Response::parse(&output.stdout).text()
+        };
+        assert_eq!(load().await, "hello from thaw\n");
+        // Old enough to be trusted by identity, then loaded again: that
+        // load records the identity.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(load().await, "hello from thaw\n");
+        let artifact = std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .unwrap();
+        let original = std::fs::read(&artifact).unwrap();
+        // The runner's own account changes it in place, same size.
+        std::fs::set_permissions(&artifact, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut tampered = original.clone();
+        let middle = tampered.len() / 2;
+        tampered[middle] ^= 0xff;
+        std::fs::write(&artifact, &tampered).unwrap();
+        assert_eq!(
+            load().await,
+            "hello from thaw\n",
+            "verify_on_load={verify_on_load}"
+        );
+        assert_eq!(std::fs::read(&artifact).unwrap(), original);
+    }
 }
