@@ -164,6 +164,7 @@ fn main() -> Result<()> {
         }
         systems::warm_serving(&tools, &prepared, args.duration, &mut report);
         if example.name == "hello" {
+            systems::edge_cold_paths(&tools, &prepared, args.runs, &mut report);
             systems::footprint(&tools, &prepared, args.duration, &mut report);
         }
     }

@@ -794,6 +794,183 @@ pub fn footprint(tools: &Tools, prepared: &Prepared, seconds: u64, report: &mut 
     );
 }
 
+/// Waits until a server on `address` answers `path`.
+fn wait_for(address: SocketAddr, path: &str) -> Result<()> {
+    let started = Instant::now();
+    while get(address, path).is_err() {
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("nothing answered on {address} within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// Times one GET (connect, request, whole response) and checks the body.
+fn timed_get(address: SocketAddr, path: &str, label: &str, expected: &[u8]) -> Result<f64> {
+    let started = Instant::now();
+    let raw = get(address, path)?;
+    let elapsed = ms(started.elapsed());
+    check_same(label, expected, parse_http(&raw)?)?;
+    Ok(elapsed)
+}
+
+/// The edge host's cold paths, against the goals of a shared host:
+/// - a function present in the local cache but not loaded, on a running
+///   host (on-demand, no function named at start): its first request;
+/// - a function the host has never seen, fetched from a registry: its
+///   first request, and that minus the download of its artifact.
+pub fn edge_cold_paths(tools: &Tools, prepared: &Prepared, runs: usize, report: &mut Report) {
+    let name = prepared.example.name;
+    let host = thaw_core::target::host_triple();
+    let cached = (|| -> Result<Vec<f64>> {
+        // One build, `runs` more names for it (cache hits).
+        for i in 0..runs {
+            run(Command::new(&tools.thaw)
+                .arg("build")
+                .arg(&prepared.reactor)
+                .args(["--name", &format!("cold{i}:latest"), "--target", &host])
+                .arg("--store")
+                .arg(&prepared.store)
+                .env("THAW_HOME", prepared.store.parent().unwrap())
+                .env("THAW_LOG", "warn"))?;
+        }
+        let address = free_address();
+        let _runner = Running(
+            Command::new(&tools.runner)
+                .arg("--store")
+                .arg(&prepared.store)
+                .arg("--cache-dir")
+                .arg(&prepared.cache)
+                .args(["--listen", &address.to_string()])
+                .args(["--max-loaded", &(runs + 1).to_string()])
+                .env("THAW_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting thaw-runner")?,
+        );
+        wait_for(address, "/healthz")?;
+        (0..runs)
+            .map(|i| timed_get(address, &format!("/cold{i}/"), "thaw", &prepared.expected))
+            .collect()
+    })();
+    report.add(
+        "edge host",
+        name,
+        "thaw, cached, not loaded",
+        "first request",
+        "ms",
+        cached,
+    );
+
+    let fetched = (|| -> Result<(Vec<f64>, Vec<f64>)> {
+        let dir = prepared.store.parent().unwrap().join("registry");
+        std::fs::create_dir_all(&dir)?;
+        let key_file = dir.join("registry.key");
+        let key = String::from_utf8(
+            run(Command::new(&tools.thaw)
+                .args(["keygen", "--out"])
+                .arg(&key_file))?
+            .stdout,
+        )?
+        .trim()
+        .to_string();
+        std::fs::write(dir.join("tokens"), "bench-token\n")?;
+        let address = free_address();
+        let base = format!("http://{address}");
+        let _registry = Running(
+            Command::new(&tools.thaw)
+                .arg("registry")
+                .args(["--listen", &address.to_string()])
+                .arg("--store")
+                .arg(dir.join("store"))
+                .arg("--signing-key")
+                .arg(&key_file)
+                .arg("--tokens")
+                .arg(dir.join("tokens"))
+                .arg("--public-reads")
+                .env("THAW_HOME", &dir)
+                .env("THAW_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting thaw registry")?,
+        );
+        wait_for(address, "/healthz")?;
+        run(Command::new(&tools.thaw)
+            .arg("push")
+            .arg(&prepared.reactor)
+            .args(["--registry", &base, "--name", "edge:latest"])
+            .args(["--token", "bench-token", "--target", &host])
+            .env("THAW_HOME", &dir))?;
+        // The artifact the runner will download, to time its download.
+        let tag: serde_json::Value =
+            serde_json::from_slice(&parse_http(&get(address, "/v1/tags/edge:latest")?)?.1)?;
+        let manifest = tag["manifest"].as_str().context("no manifest in the tag")?;
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &parse_http(&get(address, &format!("/v1/manifests/{manifest}"))?)?.1,
+        )?;
+        let artifact = manifest["artifacts"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["target"] == host.as_str()))
+            .and_then(|a| a["digest"].as_str())
+            .context("no artifact for this host")?
+            .to_string();
+        let (mut first, mut overhead) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let download = {
+                let started = Instant::now();
+                let raw = get(address, &format!("/v1/blobs/{artifact}"))?;
+                let elapsed = ms(started.elapsed());
+                if parse_http(&raw)?.0 != 200 {
+                    bail!("downloading the artifact failed");
+                }
+                elapsed
+            };
+            let cache = tempfile::tempdir()?;
+            let edge = free_address();
+            let _runner = Running(
+                Command::new(&tools.runner)
+                    .args(["--registry", &base, "--trust-key", &key])
+                    .arg("--cache-dir")
+                    .arg(cache.path())
+                    .args(["--listen", &edge.to_string()])
+                    .env("THAW_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting thaw-runner")?,
+            );
+            wait_for(edge, "/healthz")?;
+            let total = timed_get(edge, "/edge/", "thaw", &prepared.expected)?;
+            first.push(total);
+            overhead.push(total - download);
+        }
+        Ok((first, overhead))
+    })();
+    let (first, overhead) = match fetched {
+        Ok((first, overhead)) => (Ok(first), Ok(overhead)),
+        Err(e) => (Err(anyhow::anyhow!("{e:#}")), Err(e)),
+    };
+    report.add(
+        "edge host",
+        name,
+        "thaw, fetched from a registry",
+        "first request",
+        "ms",
+        first,
+    );
+    report.add(
+        "edge host",
+        name,
+        "thaw, fetched from a registry",
+        "first request minus the artifact's download",
+        "ms",
+        overhead,
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

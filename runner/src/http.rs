@@ -542,11 +542,11 @@ async fn run(
     };
     // Only now, with the whole request in hand: a slow client holds no
     // instance slot.
-    let Ok(_slot) = app.slots.clone().try_acquire_owned() else {
+    let Ok(slot) = app.slots.clone().try_acquire_owned() else {
         let reason = "all instances are busy; retry shortly";
         return (busy(app, name, "concurrency", reason), None);
     };
-    let Ok(_share) = routed.share.clone().try_acquire_owned() else {
+    let Ok(share) = routed.share.clone().try_acquire_owned() else {
         let reason = "this function is using its whole share of instances; retry shortly";
         return (busy(app, name, "function_share", reason), None);
     };
@@ -574,8 +574,16 @@ async fn run(
     let env = last_value_wins(env);
     // A guard, because hyper drops this future when the client goes away.
     let _in_flight = InFlight::enter(&app.metrics);
-    let (result, metering) = function.call_metered(stdin, &env).await;
-    match result {
+    let call = function.call_metered(stdin, &env).await;
+    // The slot and the function's share are free once the instance is torn
+    // down, after the answer goes out.
+    let retired = call.retired;
+    tokio::spawn(async move {
+        let _ = retired.await;
+        drop((slot, share));
+    });
+    let metering = call.metering;
+    match call.result {
         Ok(output) => {
             let usage = Usage {
                 instantiate: Some(output.instantiate),

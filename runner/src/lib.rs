@@ -51,7 +51,7 @@ use thaw_engine::profile::{self, EPOCH_TICK, EpochTicker};
 use thaw_engine::sandbox;
 use thaw_store::StoreError;
 use wasmtime::{
-    Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig,
+    Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig, Store,
 };
 use wasmtime_wasi::FsPerms;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
@@ -468,6 +468,16 @@ pub struct Output {
     pub total: Duration,
 }
 
+/// One call's outcome, what it used, and when its instance is gone.
+pub struct MeteredCall {
+    /// The answer, or why there is none.
+    pub result: Result<Output, RunError>,
+    /// What the instance used.
+    pub metering: Metering,
+    /// Completes once the instance is torn down and its pool slot free.
+    pub retired: tokio::task::JoinHandle<()>,
+}
+
 /// What one call's instance used, whatever its outcome: what an operator
 /// bills from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -516,16 +526,35 @@ impl Function {
     /// Runs one request in a fresh instance: `stdin` is the guest's stdin,
     /// `env` its whole environment. Nothing survives the call.
     pub async fn call(&self, stdin: Vec<u8>, env: &[(String, String)]) -> Result<Output, RunError> {
-        self.call_metered(stdin, env).await.0
+        let call = self.call_metered(stdin, env).await;
+        let _ = call.retired.await;
+        call.result
     }
 
-    /// [`Function::call`], and what the instance used, whatever the
-    /// outcome (a request stopped at its deadline used CPU too).
-    pub async fn call_metered(
+    /// [`Function::call`], with what the instance used whatever the
+    /// outcome (a request stopped at its deadline used CPU too). The
+    /// instance is torn down after the answer is ready, on a blocking
+    /// thread: resetting its pool slot (copying back up to the
+    /// keep-resident size of memory) is off the request's path. Its slot is
+    /// free again when [`MeteredCall::retired`] completes; hold whatever
+    /// counts slots until then.
+    pub async fn call_metered(&self, stdin: Vec<u8>, env: &[(String, String)]) -> MeteredCall {
+        let (result, metering, store) = self.run_instance(stdin, env).await;
+        let retired = tokio::task::spawn_blocking(move || drop(store));
+        MeteredCall {
+            result,
+            metering,
+            retired,
+        }
+    }
+
+    /// One request in a fresh instance; returns its store for the caller
+    /// to drop where it likes.
+    async fn run_instance(
         &self,
         stdin: Vec<u8>,
         env: &[(String, String)],
-    ) -> (Result<Output, RunError>, Metering) {
+    ) -> (Result<Output, RunError>, Metering, Store<GuestState>) {
         let started = Instant::now();
         // One byte over the cap, so that a response of exactly the cap is
         // told apart from a truncated one.
@@ -561,32 +590,33 @@ impl Function {
             peak_memory: store.data().peak_memory(),
         };
         let Ok(result) = finished else {
-            return (Err(RunError::Timeout(timeout)), metering);
+            return (Err(RunError::Timeout(timeout)), metering, store);
         };
         let stderr_bytes = stderr.contents();
-        let failed = |e| (Err(e), metering);
         let instantiate = match result {
             Ok(instantiated) => instantiated,
-            Err(e) => match GuestFailure::of(&e, &store) {
-                // `proc_exit(0)` is how a Go command returns successfully.
-                GuestFailure::Exit(0) => started.elapsed(),
-                GuestFailure::Exit(code) => {
-                    return failed(RunError::Exit {
+            Err(e) => {
+                let failure = match GuestFailure::of(&e, &store) {
+                    // `proc_exit(0)` is how a Go command returns successfully.
+                    GuestFailure::Exit(0) => None,
+                    GuestFailure::Exit(code) => Some(RunError::Exit {
                         code,
-                        stderr: stderr_bytes,
-                    });
-                }
-                GuestFailure::MemoryLimit => {
-                    return failed(RunError::MemoryLimit(self.config.max_memory));
-                }
-                GuestFailure::Timeout => return failed(RunError::Timeout(timeout)),
-                GuestFailure::Trap(message) => {
-                    return failed(RunError::Trap {
+                        stderr: stderr_bytes.clone(),
+                    }),
+                    GuestFailure::MemoryLimit => {
+                        Some(RunError::MemoryLimit(self.config.max_memory))
+                    }
+                    GuestFailure::Timeout => Some(RunError::Timeout(timeout)),
+                    GuestFailure::Trap(message) => Some(RunError::Trap {
                         message,
-                        stderr: stderr_bytes,
-                    });
+                        stderr: stderr_bytes.clone(),
+                    }),
+                };
+                match failure {
+                    Some(e) => return (Err(e), metering, store),
+                    None => started.elapsed(),
                 }
-            },
+            }
         };
         let output = Output {
             stdout: stdout.contents(),
@@ -594,7 +624,7 @@ impl Function {
             instantiate,
             total: started.elapsed(),
         };
-        (Ok(output), metering)
+        (Ok(output), metering, store)
     }
 
     /// Runs a command module like a local program, for `thaw exec`: the
