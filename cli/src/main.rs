@@ -466,7 +466,12 @@ fn builder(store: ArtifactStore, compile_timeout: Option<Duration>) -> Result<Bu
         .context("opening the compile cache")?;
     let mut compiler = Compiler::with_cache(cache);
     if let Some(deadline) = compile_timeout {
-        let program = std::env::current_exe().context("finding this program to run compiles")?;
+        // The running binary itself, even if its file was replaced by an
+        // upgrade since it started.
+        let program = match std::path::Path::new("/proc/self/exe") {
+            path if path.exists() => path.to_path_buf(),
+            _ => std::env::current_exe().context("finding this program to run compiles")?,
+        };
         compiler = compiler.isolated(Worker::new(
             program,
             vec!["compile-worker".into()],

@@ -66,6 +66,11 @@ pub struct RegistryArgs {
     /// every tenant would be public.
     #[arg(long, env = "THAW_PUBLIC_READS")]
     public_reads: bool,
+    /// Once, after upgrading from a thaw whose tags were bare digests: sign
+    /// those tags as releases at start (only tags with no release history
+    /// that name manifests this registry signed).
+    #[arg(long)]
+    sign_legacy_tags: bool,
     /// Largest module accepted, in MiB.
     #[arg(long, env = "THAW_MAX_MODULE_MIB", default_value_t = DEFAULT_MAX_MODULE_BYTES >> 20)]
     max_module_mib: usize,
@@ -125,11 +130,11 @@ pub async fn registry(args: RegistryArgs) -> Result<()> {
     };
     let location = store.location().to_string();
     let service = Service::start(builder(store, Some(args.compile_timeout))?, key, config)?;
-    let signed = service
-        .sign_legacy_tags()
-        .await
-        .context("signing the tags an older thaw wrote")?;
-    if signed > 0 {
+    if args.sign_legacy_tags {
+        let signed = service
+            .sign_legacy_tags()
+            .await
+            .context("signing the tags an older thaw wrote")?;
         eprintln!("signed {signed} tag(s) written by an older thaw");
     }
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -64,9 +64,6 @@ const MAX_ERROR_BYTES: usize = 64 << 10;
 /// The most a client reads of one build's event stream.
 pub const MAX_EVENT_STREAM_BYTES: usize = 16 << 20;
 
-/// The longest a registry holds a tag watch open.
-pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(25);
-
 /// Default [`ClientTimeouts::read`].
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default [`ClientTimeouts::request`].
@@ -378,7 +375,7 @@ impl RegistryClient {
         };
         let digest = match reference {
             Reference::Digest(digest) => *digest,
-            Reference::Tag(tag) => match self.highest_seen(tag)? {
+            Reference::Tag(tag) => match self.highest_seen(&mut self.seen.lock().unwrap(), tag)? {
                 Some(release) => {
                     release.check(tag, None, self.max_release_age)?;
                     release.manifest
@@ -395,10 +392,15 @@ impl RegistryClient {
         )))
     }
 
-    /// The newest release of `tag` this client accepted: in memory, else
-    /// from the cache directory (its signature checked again).
-    fn highest_seen(&self, tag: &TagRef) -> Result<Option<Release>, ClientError> {
-        if let Some(release) = self.seen.lock().unwrap().get(tag) {
+    /// The newest release of `tag` this client accepted: in `seen`, else
+    /// from the cache directory (its signature checked again, then kept in
+    /// `seen`).
+    fn highest_seen(
+        &self,
+        seen: &mut HashMap<TagRef, Release>,
+        tag: &TagRef,
+    ) -> Result<Option<Release>, ClientError> {
+        if let Some(release) = seen.get(tag) {
             return Ok(Some(release.clone()));
         }
         let Some(dir) = &self.release_dir else {
@@ -411,10 +413,7 @@ impl RegistryClient {
         // longer verifies is a bug or a disk fault, and is then ignored.
         match record.verify(&self.trusted) {
             Ok(release) if release.check(tag, None, None).is_ok() => {
-                self.seen
-                    .lock()
-                    .unwrap()
-                    .insert(tag.clone(), release.clone());
+                seen.insert(tag.clone(), release.clone());
                 Ok(Some(release))
             }
             _ => {
@@ -446,8 +445,10 @@ impl RegistryClient {
         if self.trusted.is_empty() {
             return Err(ClientError::NoTrustedKeys);
         }
-        let after = self.highest_seen(tag)?.map_or(0, |r| r.sequence);
-        let wait = wait.min(MAX_WATCH_WAIT);
+        let after = self
+            .highest_seen(&mut self.seen.lock().unwrap(), tag)?
+            .map_or(0, |r| r.sequence);
+        let wait = wait.min(thaw_core::api::MAX_TAG_WATCH);
         let url = self.url(&format!(
             "/v1/tags/{tag}?after={after}&wait={}ms",
             wait.as_millis()
@@ -462,16 +463,16 @@ impl RegistryClient {
     /// seen.
     fn accept(&self, tag: &TagRef, entry: TagEntry) -> Result<(Release, TagRecord), ClientError> {
         let release = entry.release.verify(&self.trusted)?;
-        let seen = self.highest_seen(tag)?;
-        release.check(tag, seen.as_ref(), self.max_release_age)?;
-        if seen.as_ref() != Some(&release) {
+        // One lock from the check to the update, so that two answers
+        // accepted at once cannot lower the floor.
+        let mut seen = self.seen.lock().unwrap();
+        let highest = self.highest_seen(&mut seen, tag)?;
+        release.check(tag, highest.as_ref(), self.max_release_age)?;
+        if highest.as_ref() != Some(&release) {
             if let Some(dir) = &self.release_dir {
                 cache::store_release(dir, tag, &entry.release)?;
             }
-            self.seen
-                .lock()
-                .unwrap()
-                .insert(tag.clone(), release.clone());
+            seen.insert(tag.clone(), release.clone());
         }
         Ok((release, entry.release))
     }

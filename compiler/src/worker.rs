@@ -110,12 +110,18 @@ impl Worker {
         loop {
             let left = self.deadline.saturating_sub(started.elapsed());
             match received.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(artifact) = parse_line(&line, targets, dir.path(), cache)? {
+                Ok(line) => match parse_line(&line, targets, dir.path(), cache) {
+                    Ok(Some(artifact)) => {
                         on_done(&artifact);
                         artifacts.push(artifact);
                     }
-                }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(e);
+                    }
+                },
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     let _ = child.kill();
                     let _ = child.wait();

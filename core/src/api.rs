@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 use crate::release::TagRecord;
 use crate::{Digest, Manifest};
 
+/// The longest a registry holds a tag watch
+/// (`GET /v1/tags/{reference}?after=N&wait=D`) open.
+pub const MAX_TAG_WATCH: std::time::Duration = std::time::Duration::from_secs(25);
+
 /// The response header carrying a manifest's signature,
 /// `ed25519:<key hex>:<signature hex>`.
 pub const SIGNATURE_HEADER: &str = "thaw-signature";

@@ -107,7 +107,9 @@ impl Release {
                     manifest: previous.manifest,
                 });
             }
-            release.sequence = previous.sequence.saturating_add(1);
+            release.sequence = previous.sequence.checked_add(1).ok_or_else(|| {
+                ReleaseError::Malformed(format!("{tag} has used every sequence number"))
+            })?;
         }
         Ok(release)
     }

@@ -85,9 +85,11 @@ pub const DEFAULT_TARGETS: [&str; 2] = ["x86_64-unknown-linux-gnu", "aarch64-unk
 pub struct ServiceConfig {
     /// Tokens, and the names each may push and pull.
     pub tokens: Tokens,
-    /// Whether anyone may read without a token. Off by default: tag names,
-    /// source modules and snapshots (with their `--init-env` values) are
-    /// then readable only by tokens whose scopes cover them.
+    /// Whether anyone may read without a token. Off by default: then tags
+    /// are readable only by tokens whose scopes cover their names, and
+    /// manifests, blobs (source modules and snapshots, with their
+    /// `--init-env` values) and build statuses only with a valid token, by
+    /// digest.
     pub public_reads: bool,
     /// Largest module accepted; larger gets 413.
     pub max_module_bytes: usize,
@@ -133,8 +135,8 @@ impl ServiceConfig {
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    /// No token can push.
-    #[error("no push token configured")]
+    /// No token is configured.
+    #[error("no token configured")]
     NoTokens,
     /// A setting is out of range.
     #[error("{0}")]
@@ -198,9 +200,10 @@ impl Service {
         Ok(service)
     }
 
-    /// Signs the tags an older thaw wrote, when they point at manifests
-    /// this registry signed (others are logged: runners refuse them until
-    /// pushed again). Run once at start; returns how many were signed.
+    /// Signs the tags an older thaw wrote (bare digests with no release
+    /// history, naming manifests this registry signed; anything else
+    /// unsigned is logged and left alone). An operator's step, once after
+    /// an upgrade; returns how many were signed.
     pub async fn sign_legacy_tags(&self) -> Result<usize, StoreError> {
         tags::sign_legacy_tags(&self.0).await
     }

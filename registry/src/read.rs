@@ -11,7 +11,7 @@ use axum::http::header::{
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use thaw_core::api::{SIGNATURE_HEADER, TagEntry};
+use thaw_core::api::{MAX_TAG_WATCH, SIGNATURE_HEADER, TagEntry};
 use thaw_core::release::TagRecord;
 use thaw_core::{Digest, TagRef};
 
@@ -78,8 +78,6 @@ pub async fn list_tags(
     Ok(axum::Json(entries).into_response())
 }
 
-/// The longest a tag watch is held open.
-const MAX_WATCH: std::time::Duration = std::time::Duration::from_secs(25);
 /// How often a held watch re-reads the store, for moves made by other
 /// registry processes (moves made by this one wake it at once).
 const WATCH_POLL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -121,9 +119,9 @@ pub async fn get_tag(
         let wait = match &watch.wait {
             Some(text) => thaw_core::settings::parse_duration(text)
                 .map_err(|e| ApiError::bad_request(format!("wait: {e}")))?,
-            None => MAX_WATCH,
+            None => MAX_TAG_WATCH,
         };
-        let deadline = tokio::time::Instant::now() + wait.min(MAX_WATCH);
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_TAG_WATCH);
         let mut moves = service.0.tag_moves_seen.subscribe();
         while current.sequence <= after && tokio::time::Instant::now() < deadline {
             let poll = deadline.min(tokio::time::Instant::now() + WATCH_POLL);

@@ -84,7 +84,20 @@ pub(crate) async fn publish(
     Ok(lost)
 }
 
-/// Makes and stores the release that follows the tag's current one;
+/// The newest release of `tag` this registry signed: the one a move must
+/// follow. Only signed releases count, so nothing written to the bucket
+/// without the key can set the next sequence number or the order.
+async fn newest_signed(shared: &Shared, tag: &TagRef) -> Result<Option<Release>, StoreError> {
+    let ours = TrustedKeys::new(vec![shared.key.public()]);
+    let history = shared.builder.store().tag_history(tag).await?;
+    Ok(history
+        .iter()
+        .filter_map(|record| record.verify(&ours).ok())
+        .filter(|release| release.name == tag.name() && release.tag == tag.tag())
+        .max_by_key(|release| release.sequence))
+}
+
+/// Makes and stores the release that follows the tag's newest one;
 /// `Ok(Err(_))` when a later push already moved the tag.
 async fn move_one(
     shared: &Shared,
@@ -93,25 +106,30 @@ async fn move_one(
 ) -> Result<Result<TagRecord, ReleaseError>, StoreError> {
     let store = shared.builder.store();
     let _serialized = shared.tag_moves.lock().await;
-    let previous = match store.get_tag_record(&request.tag).await {
-        // Unverified on purpose: only the order matters here, and the
-        // sequence must climb past whatever runners may have seen.
-        Ok(record) => record.release_unverified().ok(),
-        Err(StoreError::NotFound(_) | StoreError::Corrupt { .. }) => None,
-        Err(e) => return Err(e),
+    // Another registry process on the bucket may take the same sequence
+    // number at the same moment: the history entry is created only once,
+    // and the loser reads again.
+    let mut attempts = 0;
+    let record = loop {
+        let previous = newest_signed(shared, &request.tag).await?;
+        let release = match Release::after(
+            previous.as_ref(),
+            &request.tag,
+            *manifest,
+            request.requested_at_ms,
+            Some(request.by.clone()),
+        ) {
+            Ok(release) => release,
+            Err(e) => return Ok(Err(e)),
+        };
+        let record = TagRecord::signed(&release, &shared.key);
+        match store.put_tag_record(&record).await {
+            Ok(()) => break record,
+            Err(StoreError::ReleaseTaken(_)) if attempts < 5 => attempts += 1,
+            Err(e) => return Err(e),
+        }
     };
-    let release = match Release::after(
-        previous.as_ref(),
-        &request.tag,
-        *manifest,
-        request.requested_at_ms,
-        Some(request.by.clone()),
-    ) {
-        Ok(release) => release,
-        Err(e) => return Ok(Err(e)),
-    };
-    let record = TagRecord::signed(&release, &shared.key);
-    store.put_tag_record(&record).await?;
+    let release = record.release_unverified().expect("made just above");
     shared.tag_moves_seen.send_modify(|moves| *moves += 1);
     tracing::info!(
         tag = %request.tag,
@@ -123,9 +141,11 @@ async fn move_one(
     Ok(Ok(record))
 }
 
-/// Signs the tags an older thaw wrote (bare digests, or unsigned releases)
-/// when they point at manifests this registry signed; warns about the
-/// rest, which runners refuse. Returns how many were signed.
+/// Signs the tags an older thaw wrote: bare digests, in tags that have no
+/// release history, pointing at manifests this registry signed. Anything
+/// else unsigned (an unsigned release record, a tag with history) is left
+/// alone and logged: re-signing what someone wrote to the bucket would let
+/// them choose a release. Returns how many were signed.
 pub(crate) async fn sign_legacy_tags(shared: &Shared) -> Result<usize, StoreError> {
     let store = shared.builder.store();
     let mut signed = 0;
@@ -134,18 +154,19 @@ pub(crate) async fn sign_legacy_tags(shared: &Shared) -> Result<usize, StoreErro
         if record.is_signed_by(&shared.key.public()) {
             continue;
         }
-        if !signed_by_us(shared, &manifest).await? {
-            tracing::warn!(%tag, %manifest, "the tag points at a manifest this registry did not sign; runners will refuse it until it is pushed again");
+        // A bare digest reads as an unsigned release with sequence 0.
+        let legacy = record.signature.is_none()
+            && record.release_unverified().is_ok_and(|r| r.sequence == 0)
+            && store.tag_history(&tag).await?.is_empty();
+        if !legacy || !signed_by_us(shared, &manifest).await? {
+            tracing::warn!(%tag, %manifest, "an unsigned tag that is not an older thaw's, or names a manifest this registry did not sign; left alone, and runners refuse it until it is pushed again");
             continue;
         }
-        let previous = record.release_unverified().ok();
-        let requested_at_ms = previous.as_ref().map_or(0, |p| p.requested_at_ms);
-        let release = Release::after(previous.as_ref(), &tag, manifest, requested_at_ms, None)
-            .expect("same request time");
+        let release = Release::first(&tag, manifest, 0, None);
         store
             .put_tag_record(&TagRecord::signed(&release, &shared.key))
             .await?;
-        tracing::info!(%tag, %manifest, sequence = release.sequence, "signed a tag written by an older thaw");
+        tracing::info!(%tag, %manifest, "signed a tag written by an older thaw");
         signed += 1;
     }
     Ok(signed)

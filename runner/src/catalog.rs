@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use thaw_core::{Reference, TagRef};
+use thaw_core::{Digest, Reference, TagRef};
 use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
@@ -98,7 +98,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-type Load = Shared<BoxFuture<'static, Result<Arc<Function>, Miss>>>;
+type Load = Shared<BoxFuture<'static, Result<(Arc<Function>, Arc<Semaphore>), Miss>>>;
 
 struct Inner {
     functions: Mutex<BTreeMap<String, Loaded>>,
@@ -115,6 +115,7 @@ struct Live {
     on_demand: bool,
     loads: Mutex<HashMap<String, Load>>,
     load_permits: Arc<Semaphore>,
+    not_found: Mutex<NotFoundCache>,
 }
 
 /// The functions a runner serves. Cheap to clone.
@@ -152,6 +153,7 @@ impl Catalog {
             on_demand,
             loads: Mutex::default(),
             load_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_LOADS)),
+            not_found: Mutex::default(),
         };
         let catalog = Self::with(Some(live), capacity, metrics);
         for (name, reference, function) in pinned {
@@ -192,22 +194,25 @@ impl Catalog {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Adds (or replaces) a function, starting its tag watcher.
+    /// Adds (or replaces) a function, starting its tag watcher; returns
+    /// what a request needs of it.
     fn insert(
         &self,
         name: String,
         function: Arc<Function>,
         pinned: bool,
         reference: Option<&Reference>,
-    ) {
+    ) -> (Arc<Function>, Arc<Semaphore>) {
         let watcher = match (reference, &self.0.live) {
-            (Some(Reference::Tag(tag)), Some(_)) => Some(self.watch(name.clone(), tag.clone())),
+            (Some(Reference::Tag(tag)), Some(_)) => {
+                Some(self.watch(name.clone(), tag.clone(), *function.manifest_digest()))
+            }
             _ => None,
         };
         let share = Arc::new(Semaphore::new(self.0.capacity.function_instances));
         let loaded = Loaded {
-            function,
-            share,
+            function: function.clone(),
+            share: share.clone(),
             pinned,
             last_used: self.tick(),
             _watcher: watcher,
@@ -215,41 +220,47 @@ impl Catalog {
         let mut functions = self.0.functions.lock().unwrap();
         functions.insert(name, loaded);
         self.0.metrics.loaded.set(functions.len() as i64);
+        (function, share)
     }
 
-    /// Finds the function for a request: among the loaded ones first
-    /// (by `Host` label, then path prefix, then the only one when the set
-    /// is fixed), then, on demand, by loading the `Host` label's or the
-    /// first path segment's name.
+    /// Finds the function for a request. A fixed set: among the loaded
+    /// ones, by `Host` label, then path prefix, then the only one. On
+    /// demand: the `Host` label's name (loaded if need be), then a loaded
+    /// function by path prefix, then the first path segment's name (loaded
+    /// if need be).
     pub(crate) async fn route(&self, host: Option<&str>, path: &str) -> Result<Routed, Miss> {
-        if let Some(found) = self.route_loaded(host, path) {
-            return Ok(found);
-        }
         if !self.on_demand() {
-            return Err(Miss::NotFound(format!(
-                "no function serves {path}; serving: {}",
-                self.names().join(", ")
-            )));
+            return self.route_loaded(host, path, true).ok_or_else(|| {
+                Miss::NotFound(format!(
+                    "no function serves {path}; serving: {}",
+                    self.names().join(", ")
+                ))
+            });
         }
-        let mut last = Miss::NotFound(format!("no function serves {path}"));
-        for (name, guest_path) in candidates(host, path) {
-            match self.load(&name).await {
-                Ok(_) => {
-                    if let Some(found) = self.route_loaded(Some(&format!("{name}.")), &guest_path) {
-                        return Ok(found);
-                    }
-                }
-                Err(miss @ Miss::NotFound(_)) => last = miss,
-                Err(miss) => return Err(miss),
+        let (by_host, by_path) = candidates(host, path);
+        let mut miss = Miss::NotFound(format!("no function serves {path}"));
+        if let Some((name, guest_path)) = by_host {
+            match self.find_or_load(&name, guest_path).await {
+                Err(Miss::NotFound(reason)) => miss = Miss::NotFound(reason),
+                found => return found,
             }
         }
-        Err(last)
+        if let Some(found) = self.route_loaded(None, path, false) {
+            return Ok(found);
+        }
+        if let Some((name, guest_path)) = by_path {
+            match self.find_or_load(&name, guest_path).await {
+                Err(Miss::NotFound(reason)) => miss = Miss::NotFound(reason),
+                found => return found,
+            }
+        }
+        Err(miss)
     }
 
-    fn route_loaded(&self, host: Option<&str>, path: &str) -> Option<Routed> {
+    /// The loaded function the router picks (see [`crate::http::route`]).
+    fn route_loaded(&self, host: Option<&str>, path: &str, sole: bool) -> Option<Routed> {
         let now = self.tick();
         let mut functions = self.0.functions.lock().unwrap();
-        let sole = !self.on_demand();
         let (name, _, guest_path) = crate::http::route(&functions, host, path, sole)?;
         let name = name.to_string();
         let loaded = functions.get_mut(&name).expect("just routed");
@@ -262,15 +273,48 @@ impl Catalog {
         })
     }
 
-    /// Loads `name:latest` once however many requests ask at once.
-    async fn load(&self, name: &str) -> Result<Arc<Function>, Miss> {
+    /// `name`, loaded already or now.
+    async fn find_or_load(&self, name: &str, guest_path: String) -> Result<Routed, Miss> {
+        let loaded = {
+            let now = self.tick();
+            let mut functions = self.0.functions.lock().unwrap();
+            functions.get_mut(name).map(|loaded| {
+                loaded.last_used = now;
+                (loaded.function.clone(), loaded.share.clone())
+            })
+        };
+        let (function, share) = match loaded {
+            Some(found) => found,
+            None => self.load(name).await?,
+        };
+        Ok(Routed {
+            name: name.to_string(),
+            function,
+            share,
+            guest_path,
+        })
+    }
+
+    /// Loads `name:latest` once however many requests ask at once. The load
+    /// runs as its own task, so it finishes (and frees its permit) even if
+    /// every request waiting for it goes away.
+    async fn load(&self, name: &str) -> Result<(Arc<Function>, Arc<Semaphore>), Miss> {
         let live = self.0.live.as_ref().expect("only live catalogs load");
+        if let Some(reason) = live.not_found.lock().unwrap().get(name) {
+            return Err(reason.clone());
+        }
         let shared = {
             let mut loads = live.loads.lock().unwrap();
             match loads.get(name) {
                 Some(load) => load.clone(),
                 None => {
-                    let load = self.clone().start_load(name.to_string()).boxed().shared();
+                    let task = tokio::spawn(self.clone().start_load(name.to_string()));
+                    let load = async move {
+                        task.await
+                            .unwrap_or_else(|e| Err(Miss::Failed(format!("loading failed: {e}"))))
+                    }
+                    .boxed()
+                    .shared();
                     loads.insert(name.to_string(), load.clone());
                     load
                 }
@@ -279,14 +323,17 @@ impl Catalog {
         shared.await
     }
 
-    async fn start_load(self, name: String) -> Result<Arc<Function>, Miss> {
+    async fn start_load(self, name: String) -> Result<(Arc<Function>, Arc<Semaphore>), Miss> {
         let live = self.0.live.as_ref().expect("only live catalogs load");
         let result = self.load_uncached(&name).await;
+        if let Err(miss @ Miss::NotFound(_)) = &result {
+            live.not_found.lock().unwrap().remember(&name, miss.clone());
+        }
         live.loads.lock().unwrap().remove(&name);
         result
     }
 
-    async fn load_uncached(&self, name: &str) -> Result<Arc<Function>, Miss> {
+    async fn load_uncached(&self, name: &str) -> Result<(Arc<Function>, Arc<Semaphore>), Miss> {
         let live = self.0.live.as_ref().expect("only live catalogs load");
         let tag = TagRef::new(name, thaw_core::DEFAULT_TAG)
             .map_err(|_| Miss::NotFound(format!("{name:?} is not a function name")))?;
@@ -295,12 +342,6 @@ impl Catalog {
                 "too many functions are loading; retry shortly".into(),
             ));
         };
-        if !self.make_room(1) {
-            return Err(Miss::Unavailable(format!(
-                "all {} loaded functions are serving requests; retry shortly",
-                self.0.capacity.max_loaded
-            )));
-        }
         let reference = Reference::Tag(tag);
         let started = Instant::now();
         let loaded = live.runner.load(&live.source, &reference).await;
@@ -309,11 +350,23 @@ impl Catalog {
             Ok(function) => {
                 metrics.load("loaded", started.elapsed());
                 tracing::info!(function = %name, manifest = %function.manifest_digest(), load_us = started.elapsed().as_micros() as u64, "function loaded");
-                let function = Arc::new(function);
-                self.insert(name.to_string(), function.clone(), false, Some(&reference));
-                // Another load may have filled the place this one made.
-                self.make_room(0);
-                Ok(function)
+                let entry = self.insert(
+                    name.to_string(),
+                    Arc::new(function),
+                    false,
+                    Some(&reference),
+                );
+                // Room is made only for functions that exist, so requests
+                // for unknown names evict nothing. When every other one is
+                // in use, the budget is exceeded by at most the loads that
+                // can run at once.
+                if !self.make_room() {
+                    tracing::warn!(
+                        max_loaded = self.0.capacity.max_loaded,
+                        "every loaded function is in use; over --max-loaded until one is idle"
+                    );
+                }
+                Ok(entry)
             }
             Err(e) => {
                 let miss = Miss::of(name, &e);
@@ -331,13 +384,13 @@ impl Catalog {
         }
     }
 
-    /// Evicts least recently used idle on-demand functions until `more`
-    /// more fit; `false` when every one is busy.
-    fn make_room(&self, more: usize) -> bool {
+    /// Evicts least recently used idle on-demand functions until at most
+    /// `max_loaded` are loaded; `false` when every one left is in use.
+    fn make_room(&self) -> bool {
         let mut functions = self.0.functions.lock().unwrap();
         loop {
             let unpinned = functions.values().filter(|l| !l.pinned).count();
-            if unpinned + more <= self.0.capacity.max_loaded {
+            if unpinned <= self.0.capacity.max_loaded {
                 return true;
             }
             // Idle: no request holds the function (only the catalog does).
@@ -356,29 +409,17 @@ impl Catalog {
         }
     }
 
-    /// Follows `tag`: when it moves, loads the new version and swaps it in
-    /// under `name`.
-    fn watch(&self, name: String, tag: TagRef) -> AbortOnDrop {
-        // The watcher holds only a weak handle, so an evicted function's
-        // catalog entry (and its watcher) can go.
+    /// Follows `tag` from `current`: when it moves, loads the new version
+    /// and swaps it in under `name`.
+    fn watch(&self, name: String, tag: TagRef, mut current: Digest) -> AbortOnDrop {
+        let live = self.0.live.as_ref().expect("only live catalogs watch");
+        let (source, runner) = (live.source.clone(), live.runner.clone());
+        // Only a weak handle: the watcher must not keep the catalog alive;
+        // evicting the function aborts it.
         let catalog = Arc::downgrade(&self.0);
         let task = tokio::spawn(async move {
             loop {
-                let Some(inner) = catalog.upgrade() else {
-                    return;
-                };
-                let this = Catalog(inner);
-                // The digest only: holding the function while waiting would
-                // keep it from ever being idle (evictable).
-                let Some(current) = this.get(&name).map(|f| *f.manifest_digest()) else {
-                    return;
-                };
-                let live = this.0.live.as_ref().expect("only live catalogs watch");
-                let source = live.source.clone();
-                let runner = live.runner.clone();
-                drop(this);
-                let moved = source.wait_for_move(&tag, &current, WATCH_WAIT).await;
-                let next = match moved {
+                let next = match source.wait_for_move(&tag, &current, WATCH_WAIT).await {
                     Ok(Some(next)) => next,
                     Ok(None) => continue,
                     Err(e) => {
@@ -388,80 +429,126 @@ impl Catalog {
                     }
                 };
                 let started = Instant::now();
-                match runner.load(&source, &Reference::Digest(next)).await {
-                    Ok(function) => {
-                        let Some(inner) = catalog.upgrade() else {
-                            return;
-                        };
-                        let mut functions = inner.functions.lock().unwrap();
-                        if let Some(loaded) = functions.get_mut(&name) {
-                            loaded.function = Arc::new(function);
-                            inner.metrics.deploys.inc();
-                            tracing::info!(function = %name, %tag, manifest = %next, load_us = started.elapsed().as_micros() as u64, "new version deployed");
-                        }
-                    }
+                let function = match runner.load(&source, &Reference::Digest(next)).await {
+                    Ok(function) => Arc::new(function),
                     Err(e) => {
                         tracing::warn!(%tag, manifest = %next, error = %thaw_core::error::chain(&e), "loading the new version failed; keeping the old one");
                         tokio::time::sleep(WATCH_RETRY).await;
+                        continue;
                     }
-                }
+                };
+                let Some(inner) = catalog.upgrade() else {
+                    return;
+                };
+                let mut functions = inner.functions.lock().unwrap();
+                let Some(loaded) = functions.get_mut(&name) else {
+                    return;
+                };
+                loaded.function = function;
+                current = next;
+                inner.metrics.deploys.inc();
+                tracing::info!(function = %name, %tag, manifest = %next, load_us = started.elapsed().as_micros() as u64, "new version deployed");
             }
         });
         AbortOnDrop(task.abort_handle())
     }
 }
 
-/// The names a request may mean, with the path the guest then sees: the
-/// `Host` label when the host is a DNS name (`hello.edge.example`), then
-/// the first path segment (`/hello/...`).
-fn candidates(host: Option<&str>, path: &str) -> Vec<(String, String)> {
-    let mut names = Vec::new();
-    if let Some(host) = host {
+/// Names recently found not to exist, so requests for them (scanners
+/// asking for `/wp-login.php`) do not each cost a lookup.
+#[derive(Default)]
+struct NotFoundCache(HashMap<String, (Instant, Miss)>);
+
+/// How long a name stays known not to exist.
+const NOT_FOUND_TTL: Duration = Duration::from_secs(5);
+/// How many such names are kept.
+const NOT_FOUND_ENTRIES: usize = 4096;
+
+impl NotFoundCache {
+    fn get(&mut self, name: &str) -> Option<&Miss> {
+        let fresh = self
+            .0
+            .get(name)
+            .is_some_and(|(at, _)| at.elapsed() < NOT_FOUND_TTL);
+        if !fresh {
+            self.0.remove(name);
+            return None;
+        }
+        self.0.get(name).map(|(_, miss)| miss)
+    }
+
+    fn remember(&mut self, name: &str, miss: Miss) {
+        if self.0.len() >= NOT_FOUND_ENTRIES {
+            self.0.retain(|_, (at, _)| at.elapsed() < NOT_FOUND_TTL);
+            if self.0.len() >= NOT_FOUND_ENTRIES {
+                self.0.clear();
+            }
+        }
+        self.0.insert(name.to_string(), (Instant::now(), miss));
+    }
+}
+
+/// The names a request may mean, each with the path the guest then sees:
+/// the `Host` label when the host is a DNS name (`hello.edge.example`),
+/// and the first path segment (`/hello/...`, stripped).
+type Candidate = Option<(String, String)>;
+
+fn candidates(host: Option<&str>, path: &str) -> (Candidate, Candidate) {
+    let by_host = host.and_then(|host| {
         let hostname = host.rsplit_once(':').map_or(host, |(h, _)| h);
         let is_ip = hostname.parse::<std::net::IpAddr>().is_ok() || hostname.starts_with('[');
-        if let Some((label, _)) = hostname.split_once('.')
-            && !is_ip
-        {
-            names.push((label.to_ascii_lowercase(), path.to_string()));
-        }
-    }
-    if let Some(rest) = path.strip_prefix('/') {
+        let (label, _) = hostname.split_once('.')?;
+        (!is_ip && !label.is_empty()).then(|| (label.to_ascii_lowercase(), path.to_string()))
+    });
+    let by_path = path.strip_prefix('/').and_then(|rest| {
         let end = rest.find(['/', '?']).unwrap_or(rest.len());
         let (segment, tail) = rest.split_at(end);
-        if !segment.is_empty() {
-            let guest = if tail.starts_with('/') {
-                tail.to_string()
-            } else {
-                format!("/{tail}")
-            };
-            names.push((segment.to_string(), guest));
+        if segment.is_empty() {
+            return None;
         }
-    }
-    names.dedup_by(|a, b| a.0 == b.0);
-    names
+        let guest = if tail.starts_with('/') {
+            tail.to_string()
+        } else {
+            format!("/{tail}")
+        };
+        Some((segment.to_string(), guest))
+    });
+    (by_host, by_path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn pair(name: &str, path: &str) -> Candidate {
+        Some((name.to_string(), path.to_string()))
+    }
+
     #[test]
-    fn candidates_come_from_dns_host_labels_then_the_first_path_segment() {
+    fn candidates_come_from_dns_host_labels_and_the_first_path_segment() {
         assert_eq!(
             candidates(Some("hello.edge.example:8080"), "/x?y"),
-            vec![
-                ("hello".to_string(), "/x?y".to_string()),
-                ("x".to_string(), "/?y".to_string())
-            ]
+            (pair("hello", "/x?y"), pair("x", "/?y"))
         );
         assert_eq!(
             candidates(Some("127.0.0.1:8080"), "/api/v1"),
-            vec![("api".to_string(), "/v1".to_string())]
+            (None, pair("api", "/v1"))
         );
-        assert_eq!(candidates(Some("localhost"), "/"), vec![]);
-        assert_eq!(
-            candidates(None, "/hello"),
-            vec![("hello".to_string(), "/".to_string())]
-        );
+        assert_eq!(candidates(Some("localhost"), "/"), (None, None));
+        assert_eq!(candidates(None, "/hello"), (None, pair("hello", "/")));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_host_and_path_give_candidates_whose_guest_path_is_absolute(
+            host in proptest::option::of("\\PC{0,60}"),
+            path in "/\\PC{0,80}",
+        ) {
+            let (by_host, by_path) = candidates(host.as_deref(), &path);
+            for (name, guest) in by_host.into_iter().chain(by_path) {
+                proptest::prop_assert!(!name.is_empty());
+                proptest::prop_assert!(guest.starts_with('/'), "{guest:?}");
+            }
+        }
     }
 }

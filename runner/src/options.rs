@@ -86,8 +86,9 @@ pub struct ServeOptions {
     /// recently used idle one is unloaded.
     #[arg(long, env = "THAW_MAX_LOADED", default_value_t = DEFAULT_MAX_LOADED)]
     pub max_loaded: usize,
-    /// Instances one function may run at once. Default: half of
-    /// `--max-instances`, so one hot function leaves the rest to others.
+    /// Instances one function may run at once. Default: on an edge host
+    /// (no function named), half of `--max-instances`, so one hot function
+    /// leaves the rest to others; else all of them.
     #[arg(long, env = "THAW_FUNCTION_INSTANCES")]
     pub function_instances: Option<usize>,
 }
@@ -136,9 +137,15 @@ impl ServeOptions {
             on_demand,
             capacity: Capacity {
                 max_loaded: self.max_loaded.max(1),
+                // An edge host shares its slots among functions it does
+                // not know in advance; a runner of named functions does not.
                 function_instances: self
                     .function_instances
-                    .unwrap_or(self.max_instances as usize / 2)
+                    .unwrap_or(if on_demand {
+                        self.max_instances as usize / 2
+                    } else {
+                        self.max_instances as usize
+                    })
                     .max(1),
             },
         };

@@ -112,6 +112,9 @@ pub enum StoreError {
         /// Why it failed.
         reason: String,
     },
+    /// Another writer already made a release with this sequence number.
+    #[error("{0} already has a release with that sequence number; read it again and retry")]
+    ReleaseTaken(String),
     /// The backend failed.
     #[error("object store error")]
     Backend(#[from] object_store::Error),
@@ -447,18 +450,23 @@ impl ArtifactStore {
         id: &Digest,
         bytes: Bytes,
     ) -> Result<bool, StoreError> {
+        self.create(&kind.path(id), bytes).await
+    }
+
+    /// Writes `path` only if it does not exist: `Ok(false)` when it does
+    /// (on stores that honour conditional create).
+    async fn create(&self, path: &Path, bytes: Bytes) -> Result<bool, StoreError> {
         let options = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
         };
-        let path = kind.path(id);
         match self
             .objects
-            .put_opts(&path, PutPayload::from(bytes), options)
+            .put_opts(path, PutPayload::from(bytes), options)
             .await
         {
             Ok(_) => {
-                self.sync(&path).await?;
+                self.sync(path).await?;
                 Ok(true)
             }
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
@@ -491,30 +499,42 @@ impl ArtifactStore {
     }
 
     /// Points `tag` at a stored manifest with an unsigned release that
-    /// follows the current one: for a store trusted as a whole (`thaw
+    /// follows the newest one: for a store trusted as a whole (`thaw
     /// build`, `thaw pull`). The registry signs its own records and calls
     /// [`ArtifactStore::put_tag_record`].
     pub async fn set_tag(&self, tag: &TagRef, manifest: &Digest) -> Result<Release, StoreError> {
-        let previous = match self.get_tag_record(tag).await {
-            Ok(record) => record.release_unverified().ok(),
-            Err(StoreError::NotFound(_) | StoreError::Corrupt { .. }) => None,
-            Err(e) => return Err(e),
-        };
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        // A local clock that went backwards still moves a local tag.
-        let requested_at_ms = previous
-            .as_ref()
-            .map_or(now_ms, |p| now_ms.max(p.requested_at_ms));
-        let release = Release::after(previous.as_ref(), tag, *manifest, requested_at_ms, None)
-            .expect("ordered by construction");
-        self.put_tag_record(&TagRecord::unsigned(&release)).await?;
-        Ok(release)
+        let mut attempts = 0;
+        loop {
+            let previous = self
+                .tag_history(tag)
+                .await?
+                .iter()
+                .find_map(|record| record.release_unverified().ok());
+            // A local clock that went backwards still moves a local tag.
+            let requested_at_ms = previous
+                .as_ref()
+                .map_or(now_ms, |p| now_ms.max(p.requested_at_ms));
+            let release = Release::after(previous.as_ref(), tag, *manifest, requested_at_ms, None)
+                .map_err(|e| StoreError::Corrupt {
+                    what: format!("tag {tag}"),
+                    reason: e.to_string(),
+                })?;
+            match self.put_tag_record(&TagRecord::unsigned(&release)).await {
+                Err(StoreError::ReleaseTaken(_)) if attempts < 5 => attempts += 1,
+                Err(e) => return Err(e),
+                Ok(()) => return Ok(release),
+            }
+        }
     }
 
     /// Moves the tag a record's release names, after storing the record in
-    /// the tag's history. The release's manifest must be stored.
+    /// the tag's history. The release's manifest must be stored. The
+    /// history entry is created only if no release has that sequence yet
+    /// (on stores that honour conditional create), so two writers cannot
+    /// both make release N: the second gets [`StoreError::ReleaseTaken`].
     pub async fn put_tag_record(&self, record: &TagRecord) -> Result<(), StoreError> {
         let corrupt = |reason: String| StoreError::Corrupt {
             what: "tag record".into(),
@@ -531,11 +551,15 @@ impl ArtifactStore {
             )));
         }
         let bytes = Bytes::from(record.to_bytes());
-        self.write(
-            &history_path(&tag, release.sequence),
-            PutPayload::from(bytes.clone()),
-        )
-        .await?;
+        if !self
+            .create(&history_path(&tag, release.sequence), bytes.clone())
+            .await?
+        {
+            return Err(StoreError::ReleaseTaken(format!(
+                "{tag} release {}",
+                release.sequence
+            )));
+        }
         self.write(&tag_path(&tag), PutPayload::from(bytes)).await
     }
 

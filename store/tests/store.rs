@@ -3,6 +3,7 @@ use std::sync::Arc;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use thaw_core::release::{Release, TagRecord};
 use thaw_core::{
     Artifact, BlobError, BlobRef, BuildInfo, Digest, MANIFEST_SCHEMA, Manifest, ModuleKind,
     Reference, TagRef,
@@ -338,6 +339,17 @@ async fn tag_moves_keep_a_history_and_a_copied_or_legacy_record_reads_as_what_it
         .map(|record| record.release_unverified().unwrap().manifest)
         .collect();
     assert_eq!(history, vec![digests[1], digests[0]]);
+    // A second writer making release 2 again loses, whatever it names.
+    let again = Release {
+        manifest: digests[0],
+        ..second.clone()
+    };
+    let err = store
+        .put_tag_record(&TagRecord::unsigned(&again))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::ReleaseTaken(_)), "{err}");
+    assert_eq!(store.get_tag(&tag).await.unwrap(), digests[1]);
     assert_eq!(store.check_integrity(&[]).await.unwrap(), vec![]);
 
     // A record copied under another tag's key is not that tag's.

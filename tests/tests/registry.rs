@@ -1181,10 +1181,11 @@ async fn a_slow_build_does_not_overwrite_a_newer_push() {
     assert_eq!(release.manifest, newer);
 }
 
-/// A store whose tags an older thaw wrote (bare digests) keeps working:
-/// the registry signs them as releases when it starts.
+/// A store whose tags an older thaw wrote (bare digests) keeps working once
+/// the operator asks the registry to sign them; an unsigned release a
+/// bucket writer planted is never signed.
 #[tokio::test(flavor = "multi_thread")]
-async fn tags_written_by_an_older_thaw_are_signed_at_start() {
+async fn legacy_tags_are_signed_on_request_and_planted_releases_never() {
     let dir = tempfile::tempdir().unwrap();
     let store = ArtifactStore::open(dir.path().to_str().unwrap()).unwrap();
     let key = RegistryKey::generate();
@@ -1206,8 +1207,26 @@ async fn tags_written_by_an_older_thaw_are_signed_at_start() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not signed"), "{err}");
+    // An unsigned release a bucket writer planted, with a high sequence,
+    // is not what an older thaw wrote: it is never signed.
+    let planted = thaw_core::release::Release {
+        sequence: 99,
+        ..thaw_core::release::Release::first(&"hello:planted".parse().unwrap(), manifest, 0, None)
+    };
+    let planted_path = dir.path().join("tags/hello/_tag/planted");
+    std::fs::write(
+        &planted_path,
+        thaw_core::release::TagRecord::unsigned(&planted).to_bytes(),
+    )
+    .unwrap();
     let again = Registry::start_with_key(store.clone(), key, |_| {}).await;
     assert_eq!(again.service.sign_legacy_tags().await.unwrap(), 1);
+    let err = again
+        .client()
+        .tag(&"hello:planted".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not signed"), "{err}");
     let (release, _) = again
         .client()
         .tag(&"hello:old".parse().unwrap())
@@ -1446,6 +1465,11 @@ async fn a_runner_holds_many_functions_within_max_loaded() {
             let (status, body) = fetch(&http, &base, &format!("fn{i}.edge.test"), "/").await;
             assert_eq!((status, body.as_str()), (200, "hello from thaw\n"), "fn{i}");
         }
+    }
+    // Requests for names that do not exist (a scanner's) evict nothing.
+    for i in 0..20 {
+        let (status, _) = fetch(&http, &base, "127.0.0.1", &format!("/wp-{i}.php")).await;
+        assert_eq!(status, 404);
     }
     let metrics = http
         .get(format!("{base}/metrics"))
