@@ -268,14 +268,8 @@ impl StepDisplay {
 pub struct PullArgs {
     /// `name:tag` or a manifest digest.
     reference: Reference,
-    /// A registry public key to trust (`ed25519:<hex>`); repeatable.
-    #[arg(
-        long = "trust-key",
-        env = "THAW_TRUST_KEYS",
-        value_delimiter = ',',
-        required = true
-    )]
-    trust_keys: Vec<PublicKey>,
+    #[command(flatten)]
+    trust: TrustArgs,
     /// Refuse a release made longer ago than this (`30d`, `12h`).
     #[arg(long, env = "THAW_MAX_RELEASE_AGE", value_parser = parse_duration)]
     max_release_age: Option<Duration>,
@@ -285,16 +279,29 @@ pub struct PullArgs {
     store: StoreArgs,
 }
 
+/// The registry keys `thaw pull` and `thaw tag` trust.
+#[derive(Args)]
+pub struct TrustArgs {
+    /// A registry public key to trust (`ed25519:<hex>`); repeatable.
+    #[arg(
+        long = "trust-key",
+        env = "THAW_TRUST_KEYS",
+        value_delimiter = ',',
+        required = true
+    )]
+    trust_keys: Vec<PublicKey>,
+}
+
 /// The client `thaw pull` and `thaw tag` use: it remembers the highest
 /// release seen per tag under the cache home, so a registry rolled back to
 /// an older release is refused on the next pull.
 fn verifying_client(
     remote: &RemoteArgs,
-    trust_keys: Vec<PublicKey>,
+    trust: TrustArgs,
     max_release_age: Option<Duration>,
 ) -> Result<RegistryClient> {
     let mut client = remote
-        .client(TrustedKeys::new(trust_keys))?
+        .client(TrustedKeys::new(trust.trust_keys))?
         .with_max_release_age(max_release_age);
     if let Some(cache) = thaw_core::paths::cache_home() {
         client = client.with_cache_root(&cache);
@@ -308,7 +315,7 @@ fn verifying_client(
 /// manifest pointing at missing data.
 pub async fn pull(args: PullArgs) -> Result<()> {
     let started = Instant::now();
-    let client = verifying_client(&args.remote, args.trust_keys, args.max_release_age)?;
+    let client = verifying_client(&args.remote, args.trust, args.max_release_age)?;
     let store: ArtifactStore = args.store.open()?;
     let (digest, manifest) = client.resolve(&args.reference).await?;
     let mut bytes = 0;
@@ -348,14 +355,8 @@ pub struct TagArgs {
     /// Point the tag at this manifest digest (one the registry signed: a
     /// rollback or a promotion). Without it, list the tag's releases.
     manifest: Option<thaw_core::Digest>,
-    /// A registry public key to trust (`ed25519:<hex>`); repeatable.
-    #[arg(
-        long = "trust-key",
-        env = "THAW_TRUST_KEYS",
-        value_delimiter = ',',
-        required = true
-    )]
-    trust_keys: Vec<PublicKey>,
+    #[command(flatten)]
+    trust: TrustArgs,
     #[command(flatten)]
     remote: RemoteArgs,
 }
@@ -363,7 +364,7 @@ pub struct TagArgs {
 /// Moves a tag at the registry, or lists its history (newest first), each
 /// release's signature checked.
 pub async fn tag(args: TagArgs) -> Result<()> {
-    let client = verifying_client(&args.remote, args.trust_keys, None)?;
+    let client = verifying_client(&args.remote, args.trust, None)?;
     match args.manifest {
         Some(manifest) => {
             let release = client.move_tag(&args.tag, &manifest).await?;

@@ -25,7 +25,7 @@ use tracing::Instrument;
 use crate::catalog::{Capacity, Catalog, Miss, Routed};
 use crate::metrics::{FunctionLabels, Metrics, RequestLabels};
 use crate::trace::{TRACEPARENT, TraceContext};
-use crate::{Function, Metering, Output, RunError, Runner, Source, function_name};
+use crate::{Function, Metering, Output, RunError, Runner, Source, Teardown, function_name};
 
 /// Default [`RequestLimits::max_body`]: 10 MiB.
 pub const DEFAULT_MAX_BODY: usize = 10 << 20;
@@ -182,6 +182,10 @@ pub struct App {
     env: FunctionEnv,
     limits: RequestLimits,
     slots: Arc<Semaphore>,
+    max_concurrency: usize,
+    /// This host's cores: up to this many running instances, teardown
+    /// moves off the request's path.
+    cores: usize,
     /// KiB of request bodies that may be held at once: as many full bodies
     /// as there are slots, so reading bodies before taking a slot costs no
     /// more memory than taking the slot first did.
@@ -229,6 +233,8 @@ impl App {
             env,
             limits,
             slots: Arc::new(Semaphore::new(max_concurrency)),
+            max_concurrency,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             body_budget: Arc::new(Semaphore::new(
                 (max_concurrency * kib(limits.max_body as u64) as usize)
                     .min(Semaphore::MAX_PERMITS),
@@ -574,7 +580,15 @@ async fn run(
     let env = last_value_wins(env);
     // A guard, because hyper drops this future when the client goes away.
     let _in_flight = InFlight::enter(&app.metrics);
-    let call = function.call_metered(stdin, &env).await;
+    // Off the request's path while cores are idle; inline under load,
+    // where the teardown's CPU is spent either way.
+    let busy = app.max_concurrency - app.slots.available_permits();
+    let teardown = if busy <= app.cores {
+        Teardown::Background
+    } else {
+        Teardown::Inline
+    };
+    let call = function.call_metered(stdin, &env, teardown).await;
     // The slot and the function's share are free once the instance is torn
     // down, after the answer goes out.
     let retired = call.retired;

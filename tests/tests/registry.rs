@@ -569,8 +569,9 @@ async fn an_upload_that_stalls_gets_408_at_its_deadline() {
     assert_eq!(registry.get("/healthz").await.status(), 200);
 }
 
-/// Serves `router` as a stand-in registry on a loopback port.
-async fn fake_registry(router: axum::Router) -> String {
+/// Serves `router` on a loopback port (a stand-in registry, an edge
+/// runner); returns its base URL.
+async fn serve_on_loopback(router: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let limits = thaw_http::ConnectionLimits::default();
@@ -607,7 +608,7 @@ async fn the_client_refuses_oversized_answers_and_gives_up_on_a_silent_registry(
         )
         .route("/v1/manifests/{digest}", axum::routing::get(huge(8 << 20)))
         .route("/v1/tags", axum::routing::get(huge(32 << 20)));
-    let base = fake_registry(hostile).await;
+    let base = serve_on_loopback(hostile).await;
     let client = RegistryClient::new(&base, TrustedKeys::new(vec![key.public()])).unwrap();
     let err = client.resolve(&"a:b".parse().unwrap()).await.unwrap_err();
     assert!(
@@ -621,7 +622,7 @@ async fn the_client_refuses_oversized_answers_and_gives_up_on_a_silent_registry(
         "/v1/tags/{*reference}",
         axum::routing::get(std::future::pending::<&'static str>),
     );
-    let base = fake_registry(silent).await;
+    let base = serve_on_loopback(silent).await;
     let client = RegistryClient::new(&base, TrustedKeys::new(vec![key.public()]))
         .unwrap()
         .with_timeouts(thaw_client::ClientTimeouts {
@@ -1302,15 +1303,7 @@ async fn edge_runner(registry: &Registry, cache: &std::path::Path, max_loaded: u
     )
     .await
     .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(thaw_http::serve(
-        listener,
-        app.router(),
-        thaw_http::ConnectionLimits::default(),
-        std::future::pending(),
-    ));
-    base
+    serve_on_loopback(app.router()).await
 }
 
 /// GET `path` on a runner with `Host: <host>`; returns status and body.
