@@ -590,12 +590,16 @@ async fn run(
     };
     let call = function.call_metered(stdin, &env, teardown).await;
     // The slot and the function's share are free once the instance is torn
-    // down, after the answer goes out.
-    let retired = call.retired;
-    tokio::spawn(async move {
-        let _ = retired.await;
-        drop((slot, share));
-    });
+    // down: now, or after the answer goes out.
+    match call.retired {
+        None => drop((slot, share)),
+        Some(retired) => {
+            tokio::spawn(async move {
+                let _ = retired.await;
+                drop((slot, share));
+            });
+        }
+    }
     let metering = call.metering;
     match call.result {
         Ok(output) => {

@@ -488,8 +488,9 @@ pub struct MeteredCall {
     pub result: Result<Output, RunError>,
     /// What the instance used.
     pub metering: Metering,
-    /// Completes once the instance is torn down and its pool slot free.
-    pub retired: tokio::task::JoinHandle<()>,
+    /// Completes once the instance is torn down and its pool slot free;
+    /// `None` when that happened before the call returned.
+    pub retired: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// What one call's instance used, whatever its outcome: what an operator
@@ -546,8 +547,8 @@ impl Function {
     /// [`Function::call`], with what the instance used whatever the
     /// outcome (a request stopped at its deadline used CPU too), its
     /// instance torn down as `teardown` says. The instance's pool slot is
-    /// free again when [`MeteredCall::retired`] completes; hold whatever
-    /// counts slots until then.
+    /// free again once [`MeteredCall::retired`] completes (at once when it
+    /// is `None`); hold whatever counts slots until then.
     pub async fn call_metered(
         &self,
         stdin: Vec<u8>,
@@ -558,9 +559,9 @@ impl Function {
         let retired = match teardown {
             Teardown::Inline => {
                 drop(store);
-                tokio::spawn(async {})
+                None
             }
-            Teardown::Background => tokio::task::spawn_blocking(move || drop(store)),
+            Teardown::Background => Some(tokio::task::spawn_blocking(move || drop(store))),
         };
         MeteredCall {
             result,

@@ -748,3 +748,40 @@ async fn a_cached_artifact_changed_after_verification_is_refetched() {
         assert_eq!(std::fs::read(&artifact).unwrap(), original);
     }
 }
+
+/// Regression: a request's instance slot was released by a task spawned
+/// after the answer, so a client that sent its next request at once could
+/// find every slot still taken and get 503 from a runner with exactly as
+/// many clients as slots (seen as wrk errors at 256 connections).
+#[tokio::test(flavor = "multi_thread")]
+async fn as_many_clients_as_slots_are_all_served() {
+    let store = store_with(&["examples/hello"]).await;
+    let server = serve(&store, &["hello"], |c| c.max_instances = 32, 1 << 20).await;
+    let mut clients = Vec::new();
+    for _ in 0..32 {
+        let base = server.base.clone();
+        clients.push(tokio::spawn(async move {
+            // One keep-alive connection per client, requests back to back.
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .unwrap();
+            let mut refused = 0;
+            for _ in 0..100 {
+                let status = client
+                    .get(format!("{base}/"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                if status != 200 {
+                    refused += 1;
+                }
+            }
+            refused
+        }));
+    }
+    for client in clients {
+        assert_eq!(client.await.unwrap(), 0, "requests refused");
+    }
+}
