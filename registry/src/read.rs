@@ -29,7 +29,8 @@ fn etag(digest: &Digest) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{digest}\"")).expect("digests are header-safe")
 }
 
-fn parse_tag(text: &str) -> Result<TagRef, ApiError> {
+/// A `name:tag` from a path, or 400.
+pub(crate) fn parse_tag(text: &str) -> Result<TagRef, ApiError> {
     text.parse()
         .map_err(|e| ApiError::bad_request(format!("{e}")))
 }
@@ -58,22 +59,17 @@ pub async fn list_tags(
     State(service): State<Service>,
     Extension(reader): Extension<Reader>,
 ) -> Result<Response, ApiError> {
-    let store = service.0.builder.store();
-    let listing = store.list_tags().await?;
+    let listing = service.0.builder.store().list_tags().await?;
     for (tag, e) in &listing.unreadable {
         tracing::warn!(%tag, error = %thaw_core::error::chain(e), "an unreadable tag left out of the list");
     }
     let mut entries = Vec::new();
-    for (tag, _) in listing.tags {
+    for (tag, _) in &listing.tags {
         if !reader.may_pull(tag.name()) {
             continue;
         }
-        match store.get_tag_record(&tag).await {
-            Ok(record) => entries.push(entry(&tag, record)?),
-            // Moved or removed since it was listed.
-            Err(thaw_store::StoreError::NotFound(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
+        let record = listing.record(tag).expect("listed tags have records");
+        entries.push(entry(tag, record.clone())?);
     }
     Ok(axum::Json(entries).into_response())
 }

@@ -42,12 +42,16 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// This registry's own key, as the only trusted one.
+fn ours(shared: &Shared) -> TrustedKeys {
+    TrustedKeys::new(vec![shared.key.public()])
+}
+
 /// Whether the stored signature of `manifest` is a valid one by this
 /// registry's key.
 pub(crate) async fn signed_by_us(shared: &Shared, manifest: &Digest) -> Result<bool, StoreError> {
     let signature = shared.builder.store().get_signature(manifest).await?;
-    let ours = TrustedKeys::new(vec![shared.key.public()]);
-    Ok(ours.verify(manifest, signature.as_ref()).is_ok())
+    Ok(ours(shared).verify(manifest, signature.as_ref()).is_ok())
 }
 
 /// Points each of `moves` at a manifest, signing the manifest first when
@@ -88,13 +92,17 @@ pub(crate) async fn publish(
 /// follow. Only signed releases count, so nothing written to the bucket
 /// without the key can set the next sequence number or the order.
 async fn newest_signed(shared: &Shared, tag: &TagRef) -> Result<Option<Release>, StoreError> {
-    let ours = TrustedKeys::new(vec![shared.key.public()]);
-    let history = shared.builder.store().tag_history(tag).await?;
-    Ok(history
-        .iter()
-        .filter_map(|record| record.verify(&ours).ok())
-        .filter(|release| release.name == tag.name() && release.tag == tag.tag())
-        .max_by_key(|release| release.sequence))
+    let ours = ours(shared);
+    shared
+        .builder
+        .store()
+        .newest_in_history(tag, |record| {
+            record
+                .verify(&ours)
+                .ok()
+                .filter(|release| release.name == tag.name() && release.tag == tag.tag())
+        })
+        .await
 }
 
 /// Makes and stores the release that follows the tag's newest one;
@@ -149,8 +157,10 @@ async fn move_one(
 pub(crate) async fn sign_legacy_tags(shared: &Shared) -> Result<usize, StoreError> {
     let store = shared.builder.store();
     let mut signed = 0;
-    for (tag, manifest) in store.list_tags().await?.tags {
-        let record = store.get_tag_record(&tag).await?;
+    let listing = store.list_tags().await?;
+    for (tag, manifest) in &listing.tags {
+        let (tag, manifest) = (tag.clone(), *manifest);
+        let record = listing.record(&tag).expect("listed tags have records");
         if record.is_signed_by(&shared.key.public()) {
             continue;
         }
@@ -190,9 +200,7 @@ pub async fn move_tag(
     axum::Json(body): axum::Json<TagMoveRequest>,
 ) -> Result<Response, ApiError> {
     let shared = &service.0;
-    let tag: TagRef = reference
-        .parse()
-        .map_err(|e| ApiError::bad_request(format!("{e}")))?;
+    let tag = crate::read::parse_tag(&reference)?;
     check_push_scope(&caller, &tag)?;
     shared.builder.store().get_manifest(&body.manifest).await?;
     if !signed_by_us(shared, &body.manifest).await? {

@@ -182,12 +182,6 @@ impl Catalog {
         self.0.functions.lock().unwrap().keys().cloned().collect()
     }
 
-    /// The function loaded as `name`, if any.
-    pub fn get(&self, name: &str) -> Option<Arc<Function>> {
-        let functions = self.0.functions.lock().unwrap();
-        functions.get(name).map(|loaded| loaded.function.clone())
-    }
-
     fn tick(&self) -> u64 {
         self.0
             .clock

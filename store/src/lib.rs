@@ -509,10 +509,8 @@ impl ArtifactStore {
         let mut attempts = 0;
         loop {
             let previous = self
-                .tag_history(tag)
-                .await?
-                .iter()
-                .find_map(|record| record.release_unverified().ok());
+                .newest_in_history(tag, |record| record.release_unverified().ok())
+                .await?;
             // A local clock that went backwards still moves a local tag.
             let requested_at_ms = previous
                 .as_ref()
@@ -574,25 +572,62 @@ impl ArtifactStore {
     /// A tag's releases, newest first, as stored (unverified); records
     /// that cannot be read are skipped.
     pub async fn tag_history(&self, tag: &TagRef) -> Result<Vec<TagRecord>, StoreError> {
-        let prefix = Path::from(history_prefix(tag));
-        let mut metas: Vec<_> = self.objects.list(Some(&prefix)).try_collect().await?;
-        metas.sort_by(|a, b| b.location.cmp(&a.location));
-        let mut records = Vec::with_capacity(metas.len());
-        for meta in metas {
-            match self
-                .read(&meta.location, || meta.location.to_string())
-                .await
-            {
-                Ok(bytes) => {
-                    if let Ok(record) = parse_tag_record(tag, &bytes) {
-                        records.push(record);
-                    }
-                }
-                Err(StoreError::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
+        let mut records = Vec::new();
+        for key in self.history_keys(tag).await? {
+            records.extend(self.history_record(tag, &key).await?);
         }
         Ok(records)
+    }
+
+    /// What `pick` makes of the newest entry of a tag's history it takes
+    /// (entries as stored, unverified), reading entries newest first only
+    /// until one is taken.
+    pub async fn newest_in_history<T>(
+        &self,
+        tag: &TagRef,
+        pick: impl Fn(&TagRecord) -> Option<T>,
+    ) -> Result<Option<T>, StoreError> {
+        for key in self.history_keys(tag).await? {
+            if let Some(picked) = self
+                .history_record(tag, &key)
+                .await?
+                .as_ref()
+                .and_then(&pick)
+            {
+                return Ok(Some(picked));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The keys of a tag's history, newest first (sequences are
+    /// zero-padded, so the key order is the sequence order).
+    async fn history_keys(&self, tag: &TagRef) -> Result<Vec<Path>, StoreError> {
+        let prefix = Path::from(history_prefix(tag));
+        let metas: Vec<_> = self.objects.list(Some(&prefix)).try_collect().await?;
+        let mut keys: Vec<Path> = metas.into_iter().map(|meta| meta.location).collect();
+        keys.sort_by(|a, b| b.cmp(a));
+        Ok(keys)
+    }
+
+    /// One history entry; `None` if it vanished, cannot be read, or holds
+    /// a release whose sequence is not the one its key names (so the key
+    /// order is the sequence order of every entry returned).
+    async fn history_record(
+        &self,
+        tag: &TagRef,
+        key: &Path,
+    ) -> Result<Option<TagRecord>, StoreError> {
+        let keyed = key.filename().and_then(|name| name.parse::<u64>().ok());
+        match self.read(key, || key.to_string()).await {
+            Ok(bytes) => Ok(parse_tag_record(tag, &bytes).ok().filter(|record| {
+                record
+                    .release_unverified()
+                    .is_ok_and(|release| Some(release.sequence) == keyed)
+            })),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The manifest digest a tag points at, from its record (unverified:
@@ -629,8 +664,15 @@ impl ArtifactStore {
             let Some(tag) = TagRef::from_storage_key(meta.location.as_ref()) else {
                 continue;
             };
-            match self.get_tag(&tag).await {
-                Ok(digest) => listing.tags.push((tag, digest)),
+            let read = match self.get_tag_record(&tag).await {
+                Ok(record) => release_of(&tag, &record).map(|release| (release, record)),
+                Err(e) => Err(e),
+            };
+            match read {
+                Ok((release, record)) => {
+                    listing.tags.push((tag.clone(), release.manifest));
+                    listing.records.insert(tag, record);
+                }
                 Err(StoreError::Backend(e)) => return Err(StoreError::Backend(e)),
                 Err(e) => listing.unreadable.push((tag, e)),
             }
@@ -866,6 +908,16 @@ pub struct TagListing {
     pub tags: Vec<(TagRef, Digest)>,
     /// Tags whose objects are corrupt or vanished while listing, with why.
     pub unreadable: Vec<(TagRef, StoreError)>,
+    /// The record each listed tag was read from.
+    records: std::collections::BTreeMap<TagRef, TagRecord>,
+}
+
+impl TagListing {
+    /// The stored (unverified) record of a listed tag, as it was read for
+    /// the listing.
+    pub fn record(&self, tag: &TagRef) -> Option<&TagRecord> {
+        self.records.get(tag)
+    }
 }
 
 /// The stored bytes of a blob, as [`ArtifactStore::stored_blob`] returns them.

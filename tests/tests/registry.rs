@@ -552,13 +552,7 @@ async fn an_upload_that_stalls_gets_408_at_its_deadline() {
         config.body_timeout = Duration::from_secs(1);
     })
     .await;
-    let address = registry.base.trim_start_matches("http://").to_string();
-    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
-    let head = format!(
-        "POST /v1/builds HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
-         Content-Type: application/wasm\r\nContent-Length: 100\r\n\r\n\0asm"
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut stream = stalled_upload(&registry).await;
     let mut answer = String::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
         .await
@@ -649,14 +643,8 @@ async fn uploads_beyond_the_cap_get_503_before_their_bodies_are_buffered() {
         config.body_timeout = Duration::from_secs(2);
     })
     .await;
-    let address = registry.base.trim_start_matches("http://").to_string();
     // One upload that is slow to arrive holds the only upload slot.
-    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
-    let head = format!(
-        "POST /v1/builds HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
-         Content-Type: application/wasm\r\nContent-Length: 100\r\n\r\n\0asm"
-    );
-    slow.write_all(head.as_bytes()).await.unwrap();
+    let mut slow = stalled_upload(&registry).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let refused = post_module(&registry.base, "", Some(TOKEN), "application/wasm", hello()).await;
     assert_eq!(refused.status(), 503);
@@ -725,6 +713,18 @@ async fn a_panic_in_a_build_fails_that_build_and_the_next_one_succeeds() {
         metrics.contains("thaw_registry_builds_total{outcome=\"failed\"} 2"),
         "{metrics}"
     );
+}
+
+/// An authenticated upload that declares 100 bytes and sends 4.
+async fn stalled_upload(registry: &Registry) -> tokio::net::TcpStream {
+    let address = registry.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /v1/builds HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/wasm\r\nContent-Length: 100\r\n\r\n\0asm"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
 }
 
 /// Regression: the push client honoured `Retry-After` in a way that also
@@ -1409,14 +1409,7 @@ async fn edge_runners_serve_on_demand_and_deploy_a_pushed_version_live() {
     eprintln!(
         "tag move to both runners: {propagation:?} ({total} requests during the swap, none failed)"
     );
-    let metrics = http
-        .get(format!("{}/metrics", runners[0]))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, metrics) = fetch(&http, &runners[0], "127.0.0.1", "/metrics").await;
     for line in [
         "thaw_function_deploys_total 1",
         "thaw_functions_loaded 2",
@@ -1464,14 +1457,7 @@ async fn a_runner_holds_many_functions_within_max_loaded() {
         let (status, _) = fetch(&http, &base, "127.0.0.1", &format!("/wp-{i}.php")).await;
         assert_eq!(status, 404);
     }
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, metrics) = fetch(&http, &base, "127.0.0.1", "/metrics").await;
     assert!(metrics.contains("thaw_functions_loaded 8"), "{metrics}");
     assert!(
         metrics.contains("thaw_function_evictions_total 52"),
