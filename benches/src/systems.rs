@@ -341,6 +341,7 @@ fn free_address() -> SocketAddr {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Server {
     Thaw,
+    ThawWholeRegion,
     ThawOnDemand,
     ThawCommand,
     NativeGo,
@@ -350,6 +351,7 @@ impl Server {
     fn label(self) -> &'static str {
         match self {
             Server::Thaw => "thaw",
+            Server::ThawWholeRegion => "thaw, whole-region slot reset",
             Server::ThawOnDemand => "thaw, on-demand allocator",
             Server::ThawCommand => "thaw, command module (init per request)",
             Server::NativeGo => "native Go net/http",
@@ -372,6 +374,10 @@ impl Server {
                     Server::ThawOnDemand => "on-demand",
                     _ => "pooling",
                 };
+                let slot_reset = match self {
+                    Server::ThawWholeRegion => "whole-region",
+                    _ => "auto",
+                };
                 let mut command = Command::new(&tools.runner);
                 command
                     .arg(reference)
@@ -381,6 +387,7 @@ impl Server {
                     .arg(&prepared.cache)
                     .args(["--listen", &address.to_string()])
                     .args(["--instance-allocator", allocator, "--max-instances", "256"])
+                    .args(["--slot-reset", slot_reset])
                     .env("THAW_LOG", "warn");
                 command
             }
@@ -605,6 +612,7 @@ pub fn warm_serving(tools: &Tools, prepared: &Prepared, seconds: u64, report: &m
     let name = prepared.example.name;
     for server in [
         Server::Thaw,
+        Server::ThawWholeRegion,
         Server::ThawOnDemand,
         Server::ThawCommand,
         Server::NativeGo,
@@ -689,12 +697,12 @@ fn inside_runner(
     }
     wrk(address, prepared.example.path, 1, seconds.min(5))?;
     let text = std::fs::read_to_string(log.path())?;
-    let field = |name: &str| -> Vec<f64> {
+    let field = |name: &str, scale: f64| -> Vec<f64> {
         text.lines()
             .filter_map(|l| l.split(name).nth(1))
             .filter_map(|v| v.split(|c: char| !c.is_ascii_digit()).next())
             .filter_map(|v| v.parse::<f64>().ok())
-            .map(|us| us / 1000.0)
+            .map(|v| v / scale)
             .collect()
     };
     let name = prepared.example.name;
@@ -704,7 +712,7 @@ fn inside_runner(
         "thaw, inside the runner",
         "request",
         "ms",
-        Ok(field("total_us=")),
+        Ok(field("total_us=", 1000.0)),
     );
     report.add(
         "serving",
@@ -712,7 +720,16 @@ fn inside_runner(
         "thaw, inside the runner",
         "instantiate",
         "ms",
-        Ok(field("instantiate_us=")),
+        Ok(field("instantiate_us=", 1000.0)),
+    );
+    // Absent (and reported as such) when the whole-region reset was chosen.
+    report.add(
+        "serving",
+        name,
+        "thaw, inside the runner",
+        "slot reset copies",
+        "KiB",
+        Ok(field("reset_bytes=", 1024.0)),
     );
     Ok(())
 }

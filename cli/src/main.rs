@@ -44,6 +44,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Create a function directory that builds as it is: a go.mod and a
+    /// main.go using the Go SDK that ships with this binary (no `replace`
+    /// needed).
+    New {
+        /// The directory to create; its last component names the function
+        /// and its Go module.
+        dir: PathBuf,
+    },
     /// Build a Go package or .wasm file for the host and serve it: the
     /// whole pipeline in one command.
     Up(UpArgs),
@@ -324,6 +332,7 @@ async fn run(command: Command) -> Result<u8> {
         Command::Push(args) => service::push(args).await?,
         Command::Pull(args) => service::pull(args).await?,
         Command::Tag(args) => service::tag(args).await?,
+        Command::New { dir } => new_function(&dir)?,
         Command::Exec { module, args } => return exec(&module, args).await,
         Command::Call {
             reference,
@@ -699,4 +708,27 @@ fn print_summary(digest: &str, m: &Manifest) {
         m.build.thaw_version, m.build.wasmtime_version
     );
     println!("steps      {}", steps.join(", "));
+}
+
+/// `thaw new`: a function directory whose build needs no edits.
+fn new_function(dir: &Path) -> Result<()> {
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{} has no usable last component", dir.display()))?;
+    TagRef::new(name, thaw_core::DEFAULT_TAG)
+        .with_context(|| format!("{name:?} cannot name a function"))?;
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        bail!("{} already exists and is not empty", dir.display());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (file, text) in thaw_gobuild::sdk::new_function_files(name) {
+        let path = dir.join(file);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!(
+        "created {0}: serve it here with `thaw up {0}`, build it with `thaw build {0} --name {name}`",
+        dir.display()
+    );
+    Ok(())
 }

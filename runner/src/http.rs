@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use thaw_core::abi::{GuestResponse, parse_cgi_response, parse_http1_response};
 use thaw_core::{ModuleKind, Reference};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::catalog::{Capacity, Catalog, Miss, Routed};
@@ -190,6 +190,11 @@ pub struct App {
     /// as there are slots, so reading bodies before taking a slot costs no
     /// more memory than taking the slot first did.
     body_budget: Arc<Semaphore>,
+    /// Slots whose answer went out but whose instance is still being torn
+    /// down: a request finding every slot taken waits for these rather
+    /// than being refused, so a client sending one request after another
+    /// never sees a 503.
+    retiring: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
     request_ids: AtomicU64,
     on_response: Option<ResponseHook>,
@@ -239,6 +244,7 @@ impl App {
                 (max_concurrency * kib(limits.max_body as u64) as usize)
                     .min(Semaphore::MAX_PERMITS),
             )),
+            retiring: Arc::default(),
             metrics,
             request_ids: AtomicU64::new(1),
             on_response: None,
@@ -473,6 +479,10 @@ async fn handle(
             .peak_memory
             .get_or_create(&labels)
             .observe(usage.metering.peak_memory as f64);
+        if let Some(reset) = usage.metering.reset {
+            metrics.reset_bytes.observe(reset.bytes as f64);
+            metrics.merged_pages.inc_by(reset.merged_pages);
+        }
     }
     tracing::info!(
         target: "thaw::access",
@@ -482,6 +492,7 @@ async fn handle(
         instantiate_us = usage.and_then(|u| u.instantiate).map(|d| d.as_micros() as u64),
         cpu_us = usage.map(|u| u.metering.cpu.as_micros() as u64),
         memory_peak = usage.map(|u| u.metering.peak_memory),
+        reset_bytes = usage.and_then(|u| u.metering.reset).map(|r| r.bytes),
         "request"
     );
     if let Some(hook) = &app.on_response {
@@ -548,11 +559,11 @@ async fn run(
     };
     // Only now, with the whole request in hand: a slow client holds no
     // instance slot.
-    let Ok(slot) = app.slots.clone().try_acquire_owned() else {
+    let Some(slot) = admit(&app.slots, &app.retiring).await else {
         let reason = "all instances are busy; retry shortly";
         return (busy(app, name, "concurrency", reason), None);
     };
-    let Ok(share) = routed.share.clone().try_acquire_owned() else {
+    let Some(share) = admit(&routed.share, &app.retiring).await else {
         let reason = "this function is using its whole share of instances; retry shortly";
         return (busy(app, name, "function_share", reason), None);
     };
@@ -594,9 +605,12 @@ async fn run(
     match call.retired {
         None => drop((slot, share)),
         Some(retired) => {
+            let retiring = app.retiring.clone();
+            retiring.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 let _ = retired.await;
                 drop((slot, share));
+                retiring.fetch_sub(1, Ordering::Relaxed);
             });
         }
     }
@@ -620,6 +634,26 @@ async fn run(
             (run_error(app, name, e), Some(usage))
         }
     }
+}
+
+/// Longest a request waits for a slot that is being torn down; a teardown
+/// takes a few milliseconds at most.
+const RETIRING_WAIT: Duration = Duration::from_millis(250);
+
+/// A permit from `permits` at once; or, when all are taken but some
+/// instance is being torn down, the first one freed within
+/// [`RETIRING_WAIT`]. `None` when the request should be refused.
+async fn admit(permits: &Arc<Semaphore>, retiring: &AtomicUsize) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = permits.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    if retiring.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    tokio::time::timeout(RETIRING_WAIT, permits.clone().acquire_owned())
+        .await
+        .ok()?
+        .ok()
 }
 
 /// A 503 with `Retry-After: 1` for a request refused by `limit`.

@@ -33,9 +33,11 @@ pub mod http;
 mod metrics;
 #[cfg(feature = "cli")]
 pub mod options;
+pub mod reset;
 mod source;
 mod trace;
 
+pub use reset::{ResetChoice, ResetWork, SlotReset};
 pub use source::{ArtifactSource, Source};
 
 use std::path::PathBuf;
@@ -51,7 +53,8 @@ use thaw_engine::profile::{self, EPOCH_TICK, EpochTicker};
 use thaw_engine::sandbox;
 use thaw_store::StoreError;
 use wasmtime::{
-    Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig, Store,
+    Enabled, Engine, InstanceAllocationStrategy, InstancePre, Linker, Memory, Module,
+    PoolingAllocationConfig, Store,
 };
 use wasmtime_wasi::FsPerms;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
@@ -144,8 +147,11 @@ pub struct RunnerConfig {
     /// Cap on captured stderr per request.
     pub max_stderr: usize,
     /// Bytes of each instance slot's linear memory kept mapped between
-    /// requests and reset in place.
+    /// requests and reset in place: the whole region, or at most this many
+    /// bytes of written pages (see [`reset`]).
     pub keep_resident: u64,
+    /// How slots are reset between requests.
+    pub slot_reset: SlotReset,
     /// How instances get their memory.
     pub allocator: Allocator,
     /// Hash every cached artifact at every load, rather than trusting a
@@ -192,6 +198,7 @@ impl RunnerConfig {
             max_stdout: DEFAULT_MAX_STDOUT,
             max_stderr: DEFAULT_MAX_STDERR,
             keep_resident: DEFAULT_KEEP_RESIDENT,
+            slot_reset: SlotReset::Auto,
             allocator: Allocator::Pooling,
             verify_on_load: false,
         }
@@ -203,6 +210,8 @@ pub struct Runner {
     engine: Engine,
     linker: Linker<GuestState>,
     config: RunnerConfig,
+    reset: ResetChoice,
+    dirty_pages: Option<Arc<reset::DirtyPages>>,
 }
 
 impl Runner {
@@ -215,6 +224,16 @@ impl Runner {
                 source: e.into(),
             }
         };
+        let reset = reset::choose(config.slot_reset).map_err(|e| RunError::Setup {
+            what: "the slot reset",
+            source: e.into(),
+        })?;
+        let strategy = if reset.dirty_pages {
+            "dirty-pages"
+        } else {
+            "whole-region"
+        };
+        tracing::info!(strategy, reason = %reset.reason, "slot reset");
         let mut pooling = PoolingAllocationConfig::new();
         pooling
             .total_memories(config.max_instances)
@@ -224,18 +243,21 @@ impl Runner {
             .max_memory_size(config.max_memory as usize)
             // Go's function table holds every address-taken function.
             .table_elements(1 << 17)
-            // Resetting the low bytes of a slot in place (memcpy from the
-            // image, memset beyond it) instead of madvise avoids a page fault
-            // per touched page on the next request and the mmap-lock
-            // contention of many concurrent madvise calls: measured 1.2k ->
-            // 7.4k req/s at concurrency 32 on examples/hello. The reset
-            // copies the whole kept region every time, so it is kept small:
+            // Resetting a slot in place (memcpy from the image, memset
+            // beyond it) instead of madvise avoids a page fault per touched
+            // page on the next request and the mmap-lock contention of many
+            // concurrent madvise calls: measured 1.2k -> 7.4k req/s at
+            // concurrency 32 on examples/hello. Without the dirty-page scan
+            // the whole kept region is copied every time, so it stays small:
             // 64 -> 8 MiB took init-heavy (a 23 MB image) from 781 to 515 µs
-            // at c=1 and changed nothing for hello. wasmtime's PAGEMAP_SCAN
-            // reset (dirty pages only) was tried: it trades the copy for a
-            // write-protect fault per page, and halved hello at c=32.
+            // at c=1.
             .linear_memory_keep_resident(config.keep_resident as usize)
-            .table_keep_resident(1 << 20);
+            .table_keep_resident(1 << 20)
+            .pagemap_scan(if reset.dirty_pages {
+                Enabled::Yes
+            } else {
+                Enabled::No
+            });
         let strategy = match config.allocator {
             Allocator::Pooling => InstanceAllocationStrategy::Pooling(pooling),
             Allocator::OnDemand => InstanceAllocationStrategy::OnDemand,
@@ -253,12 +275,28 @@ impl Runner {
             path: config.cache_dir.clone(),
             source,
         })?;
+        let dirty_pages = match reset.dirty_pages {
+            true => Some(Arc::new(
+                reset::DirtyPages::open(config.keep_resident).map_err(|e| RunError::Setup {
+                    what: "the page map",
+                    source: e.into(),
+                })?,
+            )),
+            false => None,
+        };
         EpochTicker::start(&engine);
         Ok(Self {
             engine,
             linker,
             config,
+            reset,
+            dirty_pages,
         })
+    }
+
+    /// How this runner resets instance slots between requests, and why.
+    pub fn slot_reset(&self) -> &ResetChoice {
+        &self.reset
     }
 
     /// The engine, for inspection.
@@ -335,6 +373,7 @@ impl Runner {
             manifest,
             pre,
             config: self.config.clone(),
+            dirty_pages: self.dirty_pages.clone(),
         })
     }
 
@@ -453,6 +492,7 @@ pub struct Function {
     manifest: Manifest,
     pre: InstancePre<GuestState>,
     config: RunnerConfig,
+    dirty_pages: Option<Arc<reset::DirtyPages>>,
 }
 
 /// What one call produced.
@@ -502,6 +542,9 @@ pub struct Metering {
     pub cpu: Duration,
     /// The guest's largest linear memory, in bytes.
     pub peak_memory: u64,
+    /// What resetting the instance's slot copies back, when slots are
+    /// reset by their dirty pages.
+    pub reset: Option<ResetWork>,
 }
 
 /// A future that adds up the thread CPU time spent polling it: the time a
@@ -591,10 +634,12 @@ impl Function {
         let timeout = self.config.request_timeout;
         guest::set_deadline(&mut store, Some(started + timeout));
 
+        let mut memory: Option<Memory> = None;
         let mut run = CpuTimed {
             inner: Box::pin(async {
                 let instance = self.pre.instantiate_async(&mut store).await?;
                 let instantiated = started.elapsed();
+                memory = instance.get_memory(&mut store, "memory");
                 let entry = instance.get_typed_func::<(), ()>(&mut store, &self.manifest.entry)?;
                 entry.call_async(&mut store, ()).await?;
                 Ok::<_, wasmtime::Error>(instantiated)
@@ -610,6 +655,7 @@ impl Function {
         let metering = Metering {
             cpu,
             peak_memory: store.data().peak_memory(),
+            reset: self.prepare_reset(&mut store, memory),
         };
         let Ok(result) = finished else {
             return (Err(RunError::Timeout(timeout)), metering, store);
@@ -647,6 +693,25 @@ impl Function {
             total: started.elapsed(),
         };
         (Ok(output), metering, store)
+    }
+
+    /// Readies the slot of an instance that has stopped running for
+    /// wasmtime's dirty-page reset (see [`reset`]).
+    fn prepare_reset(
+        &self,
+        store: &mut Store<GuestState>,
+        memory: Option<Memory>,
+    ) -> Option<ResetWork> {
+        let (dirty_pages, memory) = (self.dirty_pages.as_ref()?, memory?);
+        match dirty_pages.prepare(memory.data_mut(store)) {
+            Ok(work) => Some(work),
+            Err(e) => {
+                // The reset itself does not depend on this: it only costs
+                // page faults on the next request.
+                tracing::warn!(error = %e, "scanning an instance's dirty pages failed");
+                None
+            }
+        }
     }
 
     /// Runs a command module like a local program, for `thaw exec`: the

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub deploys: Counter,
     pub cpu: Family<FunctionLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     pub peak_memory: Family<FunctionLabels, Histogram, fn() -> Histogram>,
+    pub reset_bytes: Histogram,
+    pub merged_pages: Counter,
 }
 
 fn memory_histogram() -> Histogram {
@@ -73,6 +75,19 @@ impl Default for Metrics {
         let deploys = Counter::default();
         let cpu = Family::<FunctionLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
         let peak_memory = Family::new_with_constructor(memory_histogram as fn() -> Histogram);
+        // 64 KiB to 64 MiB.
+        let reset_bytes = Histogram::new(exponential_buckets(65536.0, 2.0, 11));
+        let merged_pages = Counter::default();
+        registry.register(
+            "slot_reset_bytes",
+            "Bytes each instance's slot reset copies back (the dirty-page reset only)",
+            reset_bytes.clone(),
+        );
+        registry.register(
+            "slot_merged_pages",
+            "Pages made private to join runs of dirty pages, so that the reset keeps them all",
+            merged_pages.clone(),
+        );
         registry.register(
             "function_cpu_seconds",
             "CPU time requests took on the host's threads (guest code and its host calls), by function",
@@ -145,6 +160,8 @@ impl Default for Metrics {
             deploys,
             cpu,
             peak_memory,
+            reset_bytes,
+            merged_pages,
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::catalog::Capacity;
 use crate::http::{App, DEFAULT_MAX_BODY, FunctionEnv, LoadAppError, RequestLimits, Serving};
 use crate::{
     Allocator, DEFAULT_KEEP_RESIDENT, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_MEMORY,
-    DEFAULT_MAX_STDERR, DEFAULT_MAX_STDOUT, Runner, RunnerConfig, Source,
+    DEFAULT_MAX_STDERR, DEFAULT_MAX_STDOUT, Runner, RunnerConfig, SlotReset, Source,
 };
 
 /// Default `--listen`.
@@ -54,8 +54,14 @@ pub struct ServeOptions {
     pub max_response_bytes: usize,
     /// MiB of each instance slot's memory kept mapped and reset in place
     /// between requests (faster than unmapping; costs resident memory).
+    /// With the dirty-page reset, the most written memory reset in place.
     #[arg(long, env = "THAW_KEEP_RESIDENT_MIB", default_value_t = DEFAULT_KEEP_RESIDENT >> 20)]
     pub keep_resident_mib: u64,
+    /// How slots return to the snapshot between requests: `dirty-pages`
+    /// copies back only what a request wrote (Linux 6.7+, swap off),
+    /// `whole-region` the whole kept region, `auto` the first available.
+    #[arg(long, env = "THAW_SLOT_RESET", value_enum, default_value_t = SlotReset::Auto)]
+    pub slot_reset: SlotReset,
     /// How instances get memory: `pooling` (preallocated slots with
     /// copy-on-write images) or `on-demand` (slower; for comparison).
     #[arg(long, env = "THAW_INSTANCE_ALLOCATOR", value_enum, default_value_t = Allocator::Pooling)]
@@ -111,6 +117,7 @@ impl ServeOptions {
             max_stdout: self.max_response_bytes,
             max_stderr: DEFAULT_MAX_STDERR,
             keep_resident: self.keep_resident_mib << 20,
+            slot_reset: self.slot_reset,
             allocator: self.instance_allocator,
             verify_on_load: self.verify_on_load,
         })

@@ -22,6 +22,7 @@ func environGet(environ, buf unsafe.Pointer) uint32
 //
 //go:wasmexport thaw_handle
 func thawHandle() {
+	reseedRuntime()
 	if err := refreshEnviron(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 	}
@@ -35,6 +36,9 @@ func thawHandle() {
 //
 //go:wasmexport thaw_pre_snapshot
 func thawPreSnapshot() {
+	if err := checkRuntimeLayout(); err != nil {
+		panic(err)
+	}
 	preSnapshot()
 }
 

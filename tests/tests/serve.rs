@@ -1,16 +1,18 @@
 //! The runner's HTTP front over real loopback HTTP: routing, status codes,
 //! per-request isolation and every per-request limit.
 
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures::StreamExt;
 use thaw_builder::thaw_compiler::Compiler;
 use thaw_builder::{BuildRequest, Builder};
 use thaw_core::{Reference, TargetProfile};
 use thaw_gobuild::BuildMode;
 use thaw_http::ConnectionLimits;
 use thaw_runner::http::{App, AppError, FunctionEnv, RequestLimits};
-use thaw_runner::{Runner, RunnerConfig, function_name};
+use thaw_runner::{Runner, RunnerConfig, SlotReset, function_name};
 use thaw_store::ArtifactStore;
 use thaw_tests::build_go;
 use tokio::sync::oneshot;
@@ -238,6 +240,94 @@ async fn every_request_gets_a_fresh_instance() {
             .unwrap();
         assert_eq!(visits.text().await.unwrap().trim(), r#"{"visits":1}"#);
     }
+}
+
+/// Request N never sees request N-1's writes, low in memory or far above
+/// the kept region, whichever way slots are reset: one slot, so every
+/// request reuses the memory the previous one wrote.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_request_sees_what_the_previous_one_wrote_under_any_slot_reset() {
+    let store = store_with(&["tests/fixtures/go/isolation"]).await;
+    let client = reqwest::Client::new();
+    for (reset, keep_resident) in [
+        (SlotReset::WholeRegion, 8 << 20),
+        (SlotReset::DirtyPages, 8 << 20),
+        // Fewer dirty pages allowed than a request writes: the rest of the
+        // slot is unmapped instead.
+        (SlotReset::DirtyPages, 1 << 20),
+    ] {
+        let server = serve(
+            &store,
+            &["isolation"],
+            |config| {
+                config.max_instances = 1;
+                config.slot_reset = reset;
+                config.keep_resident = keep_resident;
+            },
+            1 << 20,
+        )
+        .await;
+        for token in 1..=12 {
+            let answer = client
+                .get(format!("{}/?token={token}", server.base))
+                .send()
+                .await
+                .unwrap();
+            let status = answer.status();
+            assert_eq!(
+                (status.as_u16(), answer.text().await.unwrap().as_str()),
+                (200, "clean\n"),
+                "request {token} under {reset:?} with {keep_resident} bytes kept resident"
+            );
+        }
+    }
+}
+
+/// Every instance restored from one snapshot draws its own randomness:
+/// math/rand (v1 and v2), hash/maphash seeds and map iteration order all
+/// differ between requests, while a map built before the snapshot still
+/// finds its keys.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_instance_gets_fresh_runtime_randomness() {
+    const REQUESTS: usize = 1000;
+    let store = store_with(&["tests/fixtures/go/entropy"]).await;
+    let server = serve(&store, &["entropy"], |_| {}, 1 << 20).await;
+    let client = reqwest::Client::new();
+    let answers: Vec<String> = futures::stream::iter(0..REQUESTS)
+        .map(|_| {
+            let request = client.get(format!("{}/", server.base)).send();
+            async move {
+                let answer = request.await.unwrap();
+                assert_eq!(answer.status(), 200);
+                answer.text().await.unwrap()
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let mut distinct: BTreeMap<&str, HashSet<&str>> = BTreeMap::new();
+    for answer in &answers {
+        for line in answer.lines() {
+            let (what, value) = line.split_once(' ').unwrap();
+            distinct.entry(what).or_default().insert(value);
+        }
+    }
+    let count = |what: &str| distinct.get(what).map_or(0, HashSet::len);
+    assert_eq!(count("v2"), REQUESTS, "math/rand/v2 repeated a value");
+    assert_eq!(count("v1"), REQUESTS, "math/rand repeated a value");
+    assert_eq!(count("maphash"), REQUESTS, "hash/maphash repeated a seed");
+    // Go starts iterating a small map at a random one of its 8 slots: a
+    // thousand requests see every start.
+    assert!(
+        count("order") >= 8,
+        "map orders: {:?}",
+        distinct.get("order")
+    );
+    assert_eq!(
+        distinct.get("init-map"),
+        Some(&HashSet::from(["true"])),
+        "a map filled during init lost keys"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
