@@ -94,12 +94,23 @@ enum Command {
     /// under QEMU user mode with the official wasmtime CLI; this host's own
     /// target runs under QEMU with an old CPU model (`--cpu`). Needs the
     /// tools from `scripts/install-isa-tools.sh`.
+    ///
+    /// With --rebuild instead: build the stored source module again, from
+    /// scratch, and check that the snapshot and every artifact come out
+    /// byte for byte the same.
     Verify {
         /// `name:tag` or a manifest digest.
         reference: Reference,
         /// The target whose artifact to execute.
+        #[arg(long, required_unless_present = "rebuild", conflicts_with = "rebuild")]
+        target: Option<String>,
+        /// Rebuild from the stored source and compare, instead of executing.
         #[arg(long)]
-        target: String,
+        rebuild: bool,
+        /// For --rebuild: a `KEY=VALUE` the original build's init saw
+        /// (manifests keep only the names); repeatable.
+        #[arg(long = "init-env", value_parser = parse_key_value, requires = "rebuild")]
+        init_env: Vec<(String, String)>,
         /// The CPU model QEMU emulates when checking this host's target.
         #[arg(long, default_value = "Nehalem")]
         cpu: String,
@@ -344,10 +355,39 @@ async fn run(command: Command) -> Result<u8> {
         }
         Command::Verify {
             reference,
-            target,
+            target: None,
+            init_env,
+            store,
+            ..
+        } => {
+            let comparisons = verify::rebuild(&store.open()?, &reference, init_env).await?;
+            for c in &comparisons {
+                let digest = |d: &Option<thaw_core::Digest>| {
+                    d.as_ref().map_or("(none)".to_string(), |d| d.to_string())
+                };
+                match c.matches() {
+                    true => println!("{:<28} identical  {}", c.what, digest(&c.stored)),
+                    false => println!(
+                        "{:<28} DIFFERENT  stored {}, rebuilt {}",
+                        c.what,
+                        digest(&c.stored),
+                        digest(&c.rebuilt)
+                    ),
+                }
+            }
+            let different = comparisons.iter().filter(|c| !c.matches()).count();
+            if different > 0 {
+                bail!("{different} output(s) of {reference} differ from a rebuild of its source");
+            }
+            eprintln!("{reference}: a rebuild of its source gives the same bytes");
+        }
+        Command::Verify {
+            reference,
+            target: Some(target),
             cpu,
             request,
             store,
+            ..
         } => {
             let location = store.store.clone();
             verify::verify(

@@ -1,13 +1,16 @@
 //! `thaw call` and `thaw verify`: run a stored function once, here, or for
-//! another ISA or CPU model under QEMU, and compare the responses.
+//! another ISA or CPU model under QEMU, and compare the responses; or
+//! rebuild a stored function from its source and compare the bytes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use thaw_builder::thaw_compiler::Compiler;
+use thaw_builder::{BuildRequest, Builder};
 use thaw_core::target::host_triple;
-use thaw_core::{ModuleKind, Reference};
+use thaw_core::{Digest, Manifest, ModuleKind, Reference, TargetProfile};
 use thaw_engine::profile;
 use thaw_runner::{Runner, RunnerConfig};
 use thaw_store::ArtifactStore;
@@ -236,4 +239,88 @@ fn foreign_wasmtime(target: &str) -> Result<PathBuf> {
         .map(|r| r.join(LOCAL_AARCH64_WASMTIME))
         .find(|p| p.is_file())
         .context("no aarch64 wasmtime CLI: run scripts/install-isa-tools.sh or set THAW_WASMTIME_AARCH64")
+}
+
+/// One stored output and its rebuilt counterpart.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Comparison {
+    /// `snapshot` or `artifact <target profile>`.
+    pub what: String,
+    /// The stored digest, if the stored build has this output.
+    pub stored: Option<Digest>,
+    /// The rebuilt digest, if the rebuild has this output.
+    pub rebuilt: Option<Digest>,
+}
+
+impl Comparison {
+    /// Whether the two are the same bytes.
+    pub fn matches(&self) -> bool {
+        self.stored.is_some() && self.stored == self.rebuilt
+    }
+}
+
+/// The snapshot and every stored artifact of `stored`, against `rebuilt`.
+pub fn compare(stored: &Manifest, rebuilt: &Manifest) -> Vec<Comparison> {
+    let mut comparisons = Vec::new();
+    if stored.snapshot.is_some() || rebuilt.snapshot.is_some() {
+        comparisons.push(Comparison {
+            what: "snapshot".into(),
+            stored: stored.snapshot.as_ref().map(|b| b.digest),
+            rebuilt: rebuilt.snapshot.as_ref().map(|b| b.digest),
+        });
+    }
+    for artifact in &stored.artifacts {
+        comparisons.push(Comparison {
+            what: format!("artifact {}", artifact.profile),
+            stored: Some(artifact.blob.digest),
+            rebuilt: rebuilt
+                .artifacts
+                .iter()
+                .find(|a| a.profile == artifact.profile)
+                .map(|a| a.blob.digest),
+        });
+    }
+    comparisons
+}
+
+/// `thaw verify --rebuild`: builds the stored source module of `reference`
+/// again, from scratch and into a scratch store (the build cache and the
+/// store are not touched), for the stored targets, and compares the
+/// snapshot and artifacts with the stored ones. `init_env` must name the
+/// variables the stored build's init saw: their values were never stored.
+pub async fn rebuild(
+    store: &ArtifactStore,
+    reference: &Reference,
+    init_env: Vec<(String, String)>,
+) -> Result<Vec<Comparison>> {
+    let (digest, stored) = store.resolve(reference).await?;
+    let mut given: Vec<&str> = init_env.iter().map(|(k, _)| k.as_str()).collect();
+    given.sort_unstable();
+    let mut expected: Vec<&str> = stored.build.init_env.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    if given != expected {
+        bail!(
+            "{reference} ({digest}) was built with init environment {expected:?}, and this \
+             rebuild has {given:?}: pass the same names with --init-env (their values were \
+             never stored)"
+        );
+    }
+    let source = store
+        .get_blob(&stored.source)
+        .await
+        .context("reading the stored source module")?;
+    let targets = stored
+        .artifacts
+        .iter()
+        .map(|a| TargetProfile::by_name(&a.profile))
+        .collect::<Result<Vec<_>, _>>()?;
+    let scratch = ArtifactStore::open("memory://")?;
+    let builder = Builder::new(scratch, Compiler::new())?;
+    let mut request = BuildRequest::new(targets);
+    request.snapshot.env = init_env;
+    let rebuilt = builder
+        .build(source, &request, |_| {})
+        .await
+        .context("rebuilding the stored source module")?;
+    Ok(compare(&stored, &rebuilt.manifest))
 }

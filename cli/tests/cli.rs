@@ -189,6 +189,59 @@ fn a_new_function_builds_from_anywhere_without_a_replace() {
     assert!(error.contains("cannot name a function"), "{error}");
 }
 
+/// Init sees a fixed clock and fixed entropy, so rebuilding a stored
+/// function from its source gives the same snapshot and artifacts, byte for
+/// byte; a rebuild whose init sees something else is caught.
+#[test]
+fn a_rebuild_from_the_stored_source_reproduces_every_byte() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = thaw_tests::repo_root().join("tests/fixtures/go/entropy");
+    ok(thaw(
+        home.path(),
+        &[
+            "build",
+            dir.to_str().unwrap(),
+            "--name",
+            "entropy:v1",
+            "--init-env",
+            "GREETING=hi",
+        ],
+    ));
+    let report = ok(thaw(
+        home.path(),
+        &[
+            "verify",
+            "entropy:v1",
+            "--rebuild",
+            "--init-env",
+            "GREETING=hi",
+        ],
+    ));
+    let host = thaw_core::target::host_triple();
+    assert!(report.contains("snapshot"), "{report}");
+    assert_eq!(report.matches("identical").count(), 2, "{report}");
+    assert!(report.contains(&format!("artifact {host}")), "{report}");
+
+    // The names init saw are in the manifest; their values are not.
+    let error = failed(thaw(home.path(), &["verify", "entropy:v1", "--rebuild"]));
+    assert!(error.contains("GREETING"), "{error}");
+    // Another value is another snapshot: Go keeps init's environment.
+    let output = thaw(
+        home.path(),
+        &[
+            "verify",
+            "entropy:v1",
+            "--rebuild",
+            "--init-env",
+            "GREETING=bye",
+        ],
+    );
+    let report = String::from_utf8_lossy(&output.stdout).into_owned();
+    let error = failed(output);
+    assert!(report.contains("DIFFERENT"), "{report}");
+    assert!(error.contains("differ from a rebuild"), "{error}");
+}
+
 #[test]
 fn exec_propagates_arguments_and_exit_status() {
     let home = tempfile::tempdir().unwrap();

@@ -257,7 +257,7 @@ impl Snapshotter {
         }
         let stdout = MemoryOutputPipe::new(options.max_output);
         let stderr = MemoryOutputPipe::new(options.max_output);
-        let wasi = sandbox::wasi_builder(&options.env)
+        let wasi = sandbox::init_wasi_builder(&options.env)
             .stdin(MemoryInputPipe::new(&b""[..]))
             .stdout(stdout.clone())
             .stderr(stderr.clone())

@@ -328,6 +328,16 @@ async fn every_instance_gets_fresh_runtime_randomness() {
         Some(&HashSet::from(["true"])),
         "a map filled during init lost keys"
     );
+    // Init ran on the fixed build clock, a few readings past its start.
+    let init_clock: Vec<u64> = distinct["init-clock"]
+        .iter()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let epoch = thaw_engine::sandbox::BUILD_EPOCH_NANOS;
+    assert!(
+        matches!(init_clock[..], [t] if (epoch..epoch + 3_600_000_000_000).contains(&t)),
+        "{init_clock:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
