@@ -30,8 +30,8 @@ use tempfile::TempDir;
 pub const MIN_GO_MINOR: u32 = 24;
 
 /// The newest Go whose runtime internals the SDK's per-instance reseed
-/// knows (`sdk/go/reseed_wasip1.go`); reactors need it, so newer releases
-/// build only commands.
+/// knows (`sdk/go/reseed_wasip1.go`): thaw builds no reactor with a newer
+/// one, and the SDK does not compile with it.
 pub const MAX_REACTOR_GO_MINOR: u32 = 27;
 
 /// The SDK's import path: a package that depends on it is built as a reactor.
