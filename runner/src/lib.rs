@@ -515,10 +515,13 @@ pub struct Output {
 pub enum Teardown {
     /// Before the call returns: cheapest in CPU, so best under load.
     Inline,
-    /// On a blocking thread after the call returns, off the request's
+    /// In a task of its own after the call returns, off the request's
     /// path: best for latency while cores are free (measured: a cold first
-    /// request 5 → 1.5 ms), but at c=32 on 2 cores the thread hand-off cost
-    /// 38% of throughput.
+    /// request 5 → 1.5 ms). A tokio task on the same worker rather than a
+    /// blocking thread: with the dirty-page reset a teardown is short, and
+    /// the thread hand-off cost more than it (hello, c=1 p50 289–353 →
+    /// 234–243 µs). Under load teardown is inline: at c=32 on 2 cores any
+    /// hand-off cost throughput.
     Background,
 }
 
@@ -604,7 +607,7 @@ impl Function {
                 drop(store);
                 None
             }
-            Teardown::Background => Some(tokio::task::spawn_blocking(move || drop(store))),
+            Teardown::Background => Some(tokio::spawn(async move { drop(store) })),
         };
         MeteredCall {
             result,
