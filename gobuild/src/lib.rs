@@ -110,7 +110,8 @@ pub struct Go {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum BuildMode {
-    /// Decide from the imports: packages using the thaw SDK are reactors.
+    /// Decide from the package: those using the thaw SDK, and main
+    /// packages that serve HTTP themselves ([`serves_http`]), are reactors.
     Auto,
     /// `-buildmode=c-shared`: `_initialize` plus exports; snapshotted.
     Reactor,
@@ -223,12 +224,23 @@ impl Go {
     }
 
     /// Builds the package in `dir` for wasip1 and returns the module's bytes.
+    ///
+    /// In [`BuildMode::Auto`], a package that uses the SDK is a reactor; so
+    /// is a main package that serves HTTP itself (see [`serves_http`]),
+    /// which gets [`PROGRAM_SHIM`] added to it; anything else is a command.
     pub fn build(&self, dir: &Path, mode: BuildMode) -> Result<Vec<u8>, GoError> {
-        let package = self.package(dir)?;
+        let mut package = self.package(dir)?;
         let reactor = match mode {
             BuildMode::Reactor => true,
             BuildMode::Command => false,
-            BuildMode::Auto => self.package_uses_sdk(&package)?,
+            BuildMode::Auto => match self.describe(&package)? {
+                shape if shape.uses_sdk => true,
+                shape if shape.serves_http => {
+                    self.add_program_shim(&mut package, &shape.dir)?;
+                    true
+                }
+                _ => false,
+            },
         };
         self.build_package("wasip1", &package, reactor)
     }
@@ -262,6 +274,7 @@ impl Go {
             dir: dir.to_path_buf(),
             scratch: tempfile::tempdir().map_err(io_error("creating a temporary directory"))?,
             go_work: None,
+            overlay: None,
         };
         let mut command = self.command(dir, "wasip1");
         command.args(["env", "GOMOD"]);
@@ -302,12 +315,55 @@ impl Go {
     }
 
     fn package_uses_sdk(&self, package: &Package) -> Result<bool, GoError> {
+        Ok(self.describe(package)?.uses_sdk)
+    }
+
+    /// What kind of program the package is.
+    fn describe(&self, package: &Package) -> Result<Shape, GoError> {
         let mut command = self.package_command(package, "wasip1");
-        command.args(["list", "-f", "{{join .Deps \"\\n\"}}", "."]);
-        let deps = self.run(command, "list", &package.dir)?;
-        Ok(String::from_utf8_lossy(&deps)
-            .lines()
-            .any(|dep| dep == SDK_IMPORT_PATH))
+        command.args([
+            "list",
+            "-f",
+            "{{.Name}}\n{{.Dir}}\n{{join .GoFiles \",\"}}\n{{join .Imports \",\"}}\n{{join .Deps \",\"}}",
+            ".",
+        ]);
+        let listed = self.run(command, "list", &package.dir)?;
+        let listed = String::from_utf8_lossy(&listed);
+        let mut lines = listed.lines();
+        let mut next = || lines.next().unwrap_or_default();
+        let (name, dir, files, imports, deps) = (next(), next(), next(), next(), next());
+        let dir = PathBuf::from(dir);
+        let uses_sdk = deps.split(',').any(|dep| dep == SDK_IMPORT_PATH);
+        let sources = files
+            .split(',')
+            .filter(|f| !f.is_empty())
+            .map(|f| std::fs::read_to_string(dir.join(f)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(io_error(format!(
+                "reading the Go files of {}",
+                dir.display()
+            )))?;
+        let imports: Vec<&str> = imports.split(',').collect();
+        Ok(Shape {
+            uses_sdk,
+            serves_http: name == "main" && serves_http(&imports, &sources),
+            dir,
+        })
+    }
+
+    /// Adds [`PROGRAM_SHIM`] to the main package in `dir` through an
+    /// overlay: the user's directory is not written to.
+    fn add_program_shim(&self, package: &mut Package, dir: &Path) -> Result<(), GoError> {
+        let shim = package.scratch.path().join("thaw_program.go");
+        let overlay = package.scratch.path().join("overlay.json");
+        let replace = serde_json::json!({
+            "Replace": { dir.join(PROGRAM_SHIM_FILE).to_string_lossy(): shim.to_string_lossy() }
+        });
+        std::fs::write(&shim, PROGRAM_SHIM)
+            .and_then(|()| std::fs::write(&overlay, replace.to_string()))
+            .map_err(io_error("writing the program shim"))?;
+        package.overlay = Some(overlay);
+        Ok(())
     }
 
     fn build_package(
@@ -328,6 +384,9 @@ impl Go {
         if reactor {
             command.arg("-buildmode=c-shared");
         }
+        if let Some(overlay) = &package.overlay {
+            command.arg("-overlay").arg(overlay);
+        }
         command.arg(".");
         self.run(command, "build", &package.dir)?;
         std::fs::read(&out).map_err(io_error(format!("reading {}", out.display())))
@@ -341,6 +400,38 @@ struct Package {
     scratch: TempDir,
     /// `GOWORK` for every `go` command on this package.
     go_work: Option<PathBuf>,
+    /// `-overlay` for its build: the program shim, when it has one.
+    overlay: Option<PathBuf>,
+}
+
+/// What [`Go::describe`] found.
+struct Shape {
+    uses_sdk: bool,
+    serves_http: bool,
+    /// The package's directory, absolute.
+    dir: PathBuf,
+}
+
+/// The file added to an unmodified net/http program: its `init` hands
+/// `main` to the SDK, which runs it at build time until it listens and then
+/// serves every request through that listener (`sdk/go/program_wasip1.go`).
+pub const PROGRAM_SHIM: &str = "// Added by thaw's builder; not part of the program's source.\n\n\
+package main\n\nimport thaw \"thaw.dev/thaw\"\n\nfunc init() { thaw.ServeProgram(main) }\n";
+
+/// Where the shim appears in the package, through the overlay.
+const PROGRAM_SHIM_FILE: &str = "zz_thaw_program.go";
+
+/// Whether a main package serves HTTP itself: it imports `net/http` (and
+/// not `net/http/cgi`, whose programs answer one request on stdin, as
+/// commands do) and calls `ListenAndServe` or `Serve` in one of its files.
+/// A heuristic: a program that does neither at init fails its build with a
+/// message saying to build it as a command.
+pub fn serves_http(imports: &[&str], sources: &[String]) -> bool {
+    imports.contains(&"net/http")
+        && !imports.contains(&"net/http/cgi")
+        && sources
+            .iter()
+            .any(|s| s.contains("ListenAndServe(") || s.contains(".Serve("))
 }
 
 /// Whether a module (`go mod edit -json` of its go.mod) requires or
@@ -415,5 +506,17 @@ mod tests {
         assert_eq!(minor_version("go1.27.3"), Some(27));
         assert_eq!(minor_version("go1.24rc1"), Some(24));
         assert_eq!(minor_version("devel go1.28-abc"), None);
+    }
+
+    #[test]
+    fn programs_that_serve_http_themselves_are_told_apart() {
+        let source = |text: &str| vec![text.to_string()];
+        let listens = source("log.Fatal(http.ListenAndServe(\":8080\", nil))");
+        assert!(serves_http(&["net/http", "log"], &listens));
+        assert!(serves_http(&["net/http"], &source("srv.Serve(ln)")));
+        // CGI programs answer on stdin; programs without net/http cannot serve.
+        assert!(!serves_http(&["net/http", "net/http/cgi"], &listens));
+        assert!(!serves_http(&["fmt"], &listens));
+        assert!(!serves_http(&["net/http"], &source("http.Get(url)")));
     }
 }

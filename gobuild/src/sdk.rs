@@ -26,6 +26,10 @@ pub const SDK_FILES: &[(&str, &str)] = &[
         include_str!("../../sdk/go/main_wasip1.go"),
     ),
     (
+        "program_wasip1.go",
+        include_str!("../../sdk/go/program_wasip1.go"),
+    ),
+    (
         "reseed_unknown_wasip1.go",
         include_str!("../../sdk/go/reseed_unknown_wasip1.go"),
     ),

@@ -340,6 +340,92 @@ async fn every_instance_gets_fresh_runtime_randomness() {
     );
 }
 
+/// An unmodified net/http program (its own ServeMux, middleware and
+/// http.Server, configuration read in main) answers through thaw exactly
+/// as the same program built natively does, `Date` aside.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unmodified_net_http_program_answers_as_it_does_natively() {
+    let package = "tests/fixtures/go/netserver";
+    let store = store_with(&[package]).await;
+    let (_, manifest) = store
+        .resolve(&"netserver:v1".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(manifest.kind, thaw_core::ModuleKind::Reactor);
+    let server = serve(&store, &["netserver"], |_| {}, 1 << 20).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let native = dir.path().join("netserver");
+    let go = thaw_tests::go();
+    let built = std::process::Command::new(&go.binary)
+        .args(["build", "-o"])
+        .arg(&native)
+        .arg(".")
+        .current_dir(thaw_tests::repo_root().join(package))
+        .env("GOTOOLCHAIN", "local")
+        .env("CGO_ENABLED", "0")
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{built:?}");
+    let address = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = std::process::Command::new(&native)
+        .env_clear()
+        .env("ADDR", address.to_string())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let native_base = format!("http://{address}");
+    for _ in 0..200 {
+        if client.get(&native_base).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let answer = |base: String, method: reqwest::Method, path: &'static str| {
+        let request = client
+            .request(method, format!("{base}{path}"))
+            .body("twelve bytes");
+        async move {
+            let answer = request.send().await.unwrap();
+            let mut headers: BTreeMap<String, String> = answer
+                .headers()
+                .iter()
+                .filter(|(name, _)| *name != "date")
+                .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_string()))
+                .collect();
+            // Connection management is the runner's, not the program's.
+            headers.remove("connection");
+            (
+                answer.status().as_u16(),
+                headers,
+                answer.text().await.unwrap(),
+            )
+        }
+    };
+    for (method, path) in [
+        (reqwest::Method::GET, "/items/7?full=1"),
+        (reqwest::Method::POST, "/items"),
+        (reqwest::Method::DELETE, "/items/7"),
+        (reqwest::Method::GET, "/missing"),
+    ] {
+        let thaw = answer(server.base.clone(), method.clone(), path).await;
+        let native = answer(native_base.clone(), method.clone(), path).await;
+        assert_eq!(thaw, native, "{method} {path}");
+    }
+    let (status, headers, body) =
+        answer(server.base.clone(), reqwest::Method::GET, "/items/7").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "hello, item 7 (GET /items/7)\n")
+    );
+    assert_eq!(headers["x-served-by"], "middleware");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn limits_give_the_right_status_while_good_requests_succeed() {
     let store = store_with(&["tests/fixtures/go/misbehave"]).await;

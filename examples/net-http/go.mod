@@ -1,0 +1,3 @@
+module thaw.dev/examples/net-http
+
+go 1.24

@@ -1,0 +1,85 @@
+package thaw
+
+import (
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"reflect"
+	"runtime"
+	"sync"
+	_ "unsafe" // for go:linkname
+)
+
+// This file lets an unmodified net/http program run as a thaw function.
+// thaw's builder adds a file to such a program's main package (with
+// `go build -overlay`, so the user's directory is untouched) whose init
+// calls ServeProgram(main).
+//
+// Go's wasip1 port has an in-process network (net/net_fake.go): Listen
+// registers the listener in net.sockets, and Dial connects to it without
+// leaving the process. So at build time main runs until it listens, and the
+// snapshot holds the program's server parked in Accept; each request is
+// then proxied to that listener, where the program's own http.Server, mux
+// and middleware handle it.
+
+// netSockets is the fake network's table: fakeSockAddr → *netFD.
+//
+//go:linkname netSockets net.sockets
+var netSockets sync.Map
+
+// listenerAddress is the address of a stream listener on the fake
+// network, if main has opened one.
+func listenerAddress() (string, bool) {
+	var found string
+	netSockets.Range(func(key, value any) bool {
+		fake := reflect.ValueOf(value).Elem().FieldByName("fakeNetFD")
+		// Connected sockets are in the table too; only listeners take
+		// incoming connections.
+		if !fake.IsValid() || fake.IsNil() || fake.Elem().FieldByName("incoming").IsNil() {
+			return true
+		}
+		found = reflect.ValueOf(key).FieldByName("address").String()
+		return false
+	})
+	return found, found != ""
+}
+
+// programYields bounds how long build-time init waits for main to listen.
+const programYields = 1_000_000
+
+// ServeProgram is for thaw's builder, not for hand-written code: it makes
+// the running program's own HTTP server the function's handler. At build
+// time it runs main in a goroutine until main listens on the in-process
+// network; each request is then proxied to that listener.
+func ServeProgram(main func()) {
+	Warmup(func() {
+		go main()
+		for range programYields {
+			if address, ok := listenerAddress(); ok {
+				Serve(proxyTo(address))
+				return
+			}
+			runtime.Gosched()
+		}
+		panic(errors.New("thaw: main did not listen for HTTP (http.ListenAndServe, http.Serve or an http.Server) during init; build it as a command with --go-buildmode command"))
+	})
+}
+
+// proxyTo forwards each request, as it came, to the program's listener.
+func proxyTo(address string) http.Handler {
+	target := &url.URL{Scheme: "http", Host: address}
+	return &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(target)
+			r.Out.Host = r.In.Host
+		},
+		Transport: &http.Transport{
+			DisableKeepAlives: true,
+			Dial: func(string, string) (net.Conn, error) {
+				return net.Dial("tcp", address)
+			},
+		},
+	}
+}
