@@ -1,11 +1,11 @@
 package thaw
 
 import (
+	"bufio"
 	"errors"
+	"io"
 	"net"
 	"net/http"
-	"net/http/httputil"
-	"net/url"
 	"reflect"
 	"runtime"
 	"sync"
@@ -21,7 +21,7 @@ import (
 // registers the listener in net.sockets, and Dial connects to it without
 // leaving the process. So at build time main runs until it listens, and the
 // snapshot holds the program's server parked in Accept; each request is
-// then proxied to that listener, where the program's own http.Server, mux
+// then forwarded to that listener, where the program's own http.Server, mux
 // and middleware handle it.
 
 // netSockets is the fake network's table: fakeSockAddr → *netFD.
@@ -52,7 +52,7 @@ const programYields = 1_000_000
 // ServeProgram is for thaw's builder, not for hand-written code: it makes
 // the running program's own HTTP server the function's handler. At build
 // time it runs main in a goroutine until main listens on the in-process
-// network; each request is then proxied to that listener.
+// network; each request is then forwarded to that listener.
 func ServeProgram(main func()) {
 	Warmup(func() {
 		go main()
@@ -67,19 +67,35 @@ func ServeProgram(main func()) {
 	})
 }
 
-// proxyTo forwards each request, as it came, to the program's listener.
+// proxyTo forwards each request, as it came, to the program's listener
+// over one in-process connection, and its answer back. Written out rather
+// than an httputil.ReverseProxy, whose transport machinery (a connection
+// pool, two goroutines per connection) cost 15% more guest CPU per request.
 func proxyTo(address string) http.Handler {
-	target := &url.URL{Scheme: "http", Host: address}
-	return &httputil.ReverseProxy{
-		Rewrite: func(r *httputil.ProxyRequest) {
-			r.SetURL(target)
-			r.Out.Host = r.In.Host
-		},
-		Transport: &http.Transport{
-			DisableKeepAlives: true,
-			Dial: func(string, string) (net.Conn, error) {
-				return net.Dial("tcp", address)
-			},
-		},
-	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, err := net.Dial("tcp", address)
+		if err != nil {
+			http.Error(w, "thaw: the program's server is not listening: "+err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer conn.Close()
+		// Request.Write adds Go's User-Agent to a request without one;
+		// an empty value keeps the client's request as it was.
+		if _, ok := r.Header["User-Agent"]; !ok {
+			r.Header["User-Agent"] = []string{""}
+		}
+		// Concurrently: the program may answer before it reads the body.
+		go func() { _ = r.Write(conn) }()
+		answer, err := http.ReadResponse(bufio.NewReader(conn), r)
+		if err != nil {
+			http.Error(w, "thaw: the program's server gave no answer: "+err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer answer.Body.Close()
+		for name, values := range answer.Header {
+			w.Header()[name] = values
+		}
+		w.WriteHeader(answer.StatusCode)
+		_, _ = io.Copy(w, answer.Body)
+	})
 }
