@@ -242,6 +242,7 @@ impl Go {
                 _ => false,
             },
         };
+        self.check_runtime(reactor)?;
         self.build_package("wasip1", &package, reactor)
     }
 
@@ -366,13 +367,13 @@ impl Go {
         Ok(())
     }
 
+    /// Builds `package`; callers have checked the runtime for `reactor`.
     fn build_package(
         &self,
         goos: &str,
         package: &Package,
         reactor: bool,
     ) -> Result<Vec<u8>, GoError> {
-        self.check_runtime(reactor)?;
         let out = package.scratch.path().join("module.wasm");
         let mut command = self.package_command(package, goos);
         // -trimpath keeps build-host paths out of the module and its panics.

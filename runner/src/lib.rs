@@ -37,7 +37,7 @@ pub mod reset;
 mod source;
 mod trace;
 
-pub use reset::{ResetChoice, ResetWork, SlotReset};
+pub use reset::{ResetWork, SlotReset};
 pub use source::{ArtifactSource, Source};
 
 use std::path::PathBuf;
@@ -210,8 +210,7 @@ pub struct Runner {
     engine: Engine,
     linker: Linker<GuestState>,
     config: RunnerConfig,
-    reset: ResetChoice,
-    dirty_pages: Option<Arc<reset::DirtyPages>>,
+    reset: reset::ResetChoice,
 }
 
 impl Runner {
@@ -224,16 +223,13 @@ impl Runner {
                 source: e.into(),
             }
         };
-        let reset = reset::choose(config.slot_reset).map_err(|e| RunError::Setup {
-            what: "the slot reset",
-            source: e.into(),
+        let reset = reset::choose(config.slot_reset, config.keep_resident).map_err(|e| {
+            RunError::Setup {
+                what: "the slot reset",
+                source: e.into(),
+            }
         })?;
-        let strategy = if reset.dirty_pages {
-            "dirty-pages"
-        } else {
-            "whole-region"
-        };
-        tracing::info!(strategy, reason = %reset.reason, "slot reset");
+        tracing::info!(strategy = reset.strategy(), reason = %reset.reason, "slot reset");
         let mut pooling = PoolingAllocationConfig::new();
         pooling
             .total_memories(config.max_instances)
@@ -253,7 +249,7 @@ impl Runner {
             // at c=1.
             .linear_memory_keep_resident(config.keep_resident as usize)
             .table_keep_resident(1 << 20)
-            .pagemap_scan(if reset.dirty_pages {
+            .pagemap_scan(if reset.dirty_pages.is_some() {
                 Enabled::Yes
             } else {
                 Enabled::No
@@ -275,28 +271,13 @@ impl Runner {
             path: config.cache_dir.clone(),
             source,
         })?;
-        let dirty_pages = match reset.dirty_pages {
-            true => Some(Arc::new(
-                reset::DirtyPages::open(config.keep_resident).map_err(|e| RunError::Setup {
-                    what: "the page map",
-                    source: e.into(),
-                })?,
-            )),
-            false => None,
-        };
         EpochTicker::start(&engine);
         Ok(Self {
             engine,
             linker,
             config,
             reset,
-            dirty_pages,
         })
-    }
-
-    /// How this runner resets instance slots between requests, and why.
-    pub fn slot_reset(&self) -> &ResetChoice {
-        &self.reset
     }
 
     /// The engine, for inspection.
@@ -373,7 +354,7 @@ impl Runner {
             manifest,
             pre,
             config: self.config.clone(),
-            dirty_pages: self.dirty_pages.clone(),
+            dirty_pages: self.reset.dirty_pages.clone(),
         })
     }
 

@@ -33,6 +33,7 @@
 
 use std::fs::File;
 use std::ops::Range;
+use std::sync::Arc;
 
 /// wasmtime 48 collects at most this many runs of dirty pages per reset.
 const WASMTIME_SCAN_RUNS: usize = 32;
@@ -67,12 +68,23 @@ pub enum SlotReset {
 }
 
 /// The reset a runner settled on, and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ResetChoice {
-    /// Whether slots are reset by their dirty pages.
-    pub dirty_pages: bool,
+    /// The page-map reader that readies each slot for its reset, when
+    /// slots are reset by their dirty pages; `None` for the whole region.
+    pub dirty_pages: Option<Arc<DirtyPages>>,
     /// Why, for the log.
     pub reason: String,
+}
+
+impl ResetChoice {
+    /// The `--slot-reset` value this choice amounts to.
+    pub fn strategy(&self) -> &'static str {
+        match self.dirty_pages {
+            Some(_) => "dirty-pages",
+            None => "whole-region",
+        }
+    }
 }
 
 /// Why the dirty-page reset was asked for and cannot be had.
@@ -80,29 +92,32 @@ pub struct ResetChoice {
 #[error("--slot-reset dirty-pages is unavailable: {0}")]
 pub struct Unavailable(String);
 
-/// Settles `asked` against what this host offers.
-pub fn choose(asked: SlotReset) -> Result<ResetChoice, Unavailable> {
-    let offered = match (DirtyPages::probe(), swap_in_use()) {
+/// Settles `asked` against what this host offers; `keep_resident` is
+/// wasmtime's budget for the dirty-page reset (see [`DirtyPages::open`]).
+pub fn choose(asked: SlotReset, keep_resident: u64) -> Result<ResetChoice, Unavailable> {
+    if asked == SlotReset::WholeRegion {
+        return Ok(ResetChoice {
+            dirty_pages: None,
+            reason: "asked for".into(),
+        });
+    }
+    let offered = match (DirtyPages::open(keep_resident), swap_in_use()) {
         (Err(e), _) => Err(format!("the kernel cannot scan page maps ({e})")),
         (Ok(_), Some(swap)) => Err(format!(
             "swap is on ({swap}), and a swapped-out page would escape the reset"
         )),
-        (Ok(_), None) => Ok(()),
+        (Ok(pages), None) => Ok(pages),
     };
     match (asked, offered) {
-        (SlotReset::WholeRegion, _) => Ok(ResetChoice {
-            dirty_pages: false,
-            reason: "asked for".into(),
-        }),
-        (_, Ok(())) => Ok(ResetChoice {
-            dirty_pages: true,
+        (_, Ok(pages)) => Ok(ResetChoice {
+            dirty_pages: Some(Arc::new(pages)),
             reason: "the kernel reports written pages and swap is off".into(),
         }),
-        (SlotReset::Auto, Err(why)) => Ok(ResetChoice {
-            dirty_pages: false,
+        (SlotReset::DirtyPages, Err(why)) => Err(Unavailable(why)),
+        (_, Err(why)) => Ok(ResetChoice {
+            dirty_pages: None,
             reason: why,
         }),
-        (SlotReset::DirtyPages, Err(why)) => Err(Unavailable(why)),
     }
 }
 
@@ -140,17 +155,12 @@ impl DirtyPages {
     /// `PAGEMAP_SCAN`. `keep_resident` is wasmtime's budget: the most bytes
     /// it resets in place, so merging never grows the set past it.
     pub fn open(keep_resident: u64) -> std::io::Result<Self> {
-        let pagemap = Self::probe()?;
+        let pagemap = File::open("/proc/self/pagemap")?;
+        scan::private_runs(&pagemap, 0..0)?;
         Ok(Self {
             pagemap,
             budget_pages: keep_resident / PAGE_SIZE,
         })
-    }
-
-    fn probe() -> std::io::Result<File> {
-        let pagemap = File::open("/proc/self/pagemap")?;
-        scan::private_runs(&pagemap, 0..0)?;
-        Ok(pagemap)
     }
 
     /// Merges the runs of private pages in `memory` (an instance's whole
