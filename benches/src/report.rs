@@ -459,7 +459,7 @@ fn markdown(report: &Report) -> String {
          runner's verified cache (trusted by identity, not re-hashed); the time is one GET over \
          a fresh loopback connection, from connect to the last byte. *Fetched from a registry*: \
          a fresh runner with an empty cache, `--registry` on loopback; the first request \
-         includes the download, zstd decode, SHA-256, fsync and mapping. *Minus the download* \
+         includes the download, zstd decode and SHA-256 (overlapping the download) and mapping. *Minus the download* \
          subtracts one plain GET of the same compressed artifact from the same registry.\n\n",
     );
     out.push_str(&simple_table(report, "edge host"));

@@ -558,18 +558,13 @@ impl RegistryClient {
     /// manifest). A broken download resumes where it stopped, up to
     /// five attempts; nothing unverified is ever returned.
     pub async fn fetch_blob(&self, blob: &BlobRef) -> Result<VerifiedBlob, ClientError> {
-        let url = self.url(&format!("/v1/blobs/{}", blob.digest));
-        // Shared by the attempts: each resumes where the last one stopped.
-        let buffer = tokio::sync::Mutex::new(Vec::with_capacity(blob.compressed_size as usize));
-        let download = || async { self.download(&url, blob, &mut *buffer.lock().await).await };
-        download
-            .retry(resume_backoff())
-            .when(ClientError::is_unavailable)
-            .notify(|e, wait| {
-                tracing::warn!(%url, ?wait, error = %chain(e), "download interrupted; resuming");
-            })
-            .await?;
-        let compressed = Bytes::from(buffer.into_inner());
+        let mut buffer = Vec::with_capacity(blob.compressed_size as usize);
+        self.download_resuming(blob, &mut |chunk| {
+            buffer.extend_from_slice(&chunk);
+            true
+        })
+        .await?;
+        let compressed = Bytes::from(buffer);
         let expected = blob.clone();
         let check = compressed.clone();
         let raw = tokio::task::spawn_blocking(move || expected.decode(&check))
@@ -578,20 +573,74 @@ impl RegistryClient {
         Ok(VerifiedBlob { compressed, raw })
     }
 
-    /// Appends the rest of the blob to `buffer`, asking only for the bytes
-    /// after what it already holds.
+    /// Downloads a blob, decoding it into `out` on a blocking thread as
+    /// its bytes arrive, so decoding and hashing overlap the transfer.
+    /// `out` is handed back only once its bytes have been verified against
+    /// `blob`; on an error it is dropped holding unverified bytes, so it
+    /// should be somewhere nothing else reads (a temporary file).
+    pub async fn fetch_blob_into<W>(&self, blob: &BlobRef, out: W) -> Result<W, ClientError>
+    where
+        W: std::io::Write + Send + 'static,
+    {
+        // Unbounded, but never beyond the blob's compressed size: the
+        // download refuses more.
+        let (chunks, mut arriving) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let mut decoder = blob.decoder(out);
+        let decoding = tokio::task::spawn_blocking(move || {
+            while let Some(chunk) = arriving.blocking_recv() {
+                decoder.write(&chunk)?;
+            }
+            decoder.finish()
+        });
+        let downloaded = self
+            .download_resuming(blob, &mut |chunk| chunks.send(chunk).is_ok())
+            .await;
+        drop(chunks);
+        let decoded = decoding.await.expect("decoding does not panic");
+        // A download that failed explains a short blob better than its
+        // digest; one stopped by a decoding error ends without error.
+        downloaded?;
+        Ok(decoded?)
+    }
+
+    /// Downloads a blob's stored bytes into `sink`, resuming a broken
+    /// transfer where it stopped. `sink` returns false to stop early.
+    async fn download_resuming(
+        &self,
+        blob: &BlobRef,
+        sink: &mut (dyn FnMut(Bytes) -> bool + Send),
+    ) -> Result<(), ClientError> {
+        let url = self.url(&format!("/v1/blobs/{}", blob.digest));
+        // Shared by the attempts: each resumes where the last one stopped.
+        let progress = tokio::sync::Mutex::new((0u64, sink));
+        let download = || async {
+            let (received, sink) = &mut *progress.lock().await;
+            self.download(&url, blob, received, &mut **sink).await
+        };
+        download
+            .retry(resume_backoff())
+            .when(ClientError::is_unavailable)
+            .notify(|e, wait| {
+                tracing::warn!(%url, ?wait, error = %chain(e), "download interrupted; resuming");
+            })
+            .await
+    }
+
+    /// Passes the rest of the blob to `sink`, asking only for the bytes
+    /// after the `received` it already has.
     async fn download(
         &self,
         url: &str,
         blob: &BlobRef,
-        buffer: &mut Vec<u8>,
+        received: &mut u64,
+        sink: &mut (dyn FnMut(Bytes) -> bool + Send),
     ) -> Result<(), ClientError> {
         let mut request = self.get(url);
-        if !buffer.is_empty() {
+        if *received > 0 {
             // If-Range: a blob never changes, but a registry serving other
             // bytes under the same name must not be spliced onto ours.
             request = request
-                .header(RANGE, format!("bytes={}-", buffer.len()))
+                .header(RANGE, format!("bytes={received}-"))
                 .header(IF_RANGE, format!("\"{}\"", blob.digest));
         }
         let response = self.send(url, request).await?;
@@ -599,6 +648,9 @@ impl RegistryClient {
             url: url.to_string(),
             reason,
         };
+        // Bytes at the start of the body that `sink` already has: all of
+        // them when the registry ignored the range and sent the whole blob.
+        let mut skip = 0;
         match response.status() {
             StatusCode::PARTIAL_CONTENT => {
                 let start = response
@@ -607,15 +659,14 @@ impl RegistryClient {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.strip_prefix("bytes "))
                     .and_then(|v| v.split('-').next())
-                    .and_then(|v| v.parse::<usize>().ok());
-                if start != Some(buffer.len()) {
+                    .and_then(|v| v.parse::<u64>().ok());
+                if start != Some(*received) {
                     return Err(protocol(format!(
-                        "asked for bytes from {}, got Content-Range {start:?}",
-                        buffer.len()
+                        "asked for bytes from {received}, got Content-Range {start:?}"
                     )));
                 }
             }
-            _ => buffer.clear(),
+            _ => skip = *received,
         }
         if let Some(etag) = response.headers().get(ETAG)
             && etag.as_bytes() != format!("\"{}\"", blob.digest).as_bytes()
@@ -624,17 +675,26 @@ impl RegistryClient {
         }
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|source| ClientError::Transport {
+            let mut chunk = chunk.map_err(|source| ClientError::Transport {
                 url: url.to_string(),
                 source,
             })?;
-            if (buffer.len() + chunk.len()) as u64 > blob.compressed_size {
+            let already = skip.min(chunk.len() as u64);
+            skip -= already;
+            let _ = chunk.split_to(already as usize);
+            if *received + chunk.len() as u64 > blob.compressed_size {
                 return Err(protocol(format!(
                     "blob {} is larger than the {} bytes its manifest gives",
                     blob.digest, blob.compressed_size
                 )));
             }
-            buffer.extend_from_slice(&chunk);
+            if chunk.is_empty() {
+                continue;
+            }
+            *received += chunk.len() as u64;
+            if !sink(chunk) {
+                break;
+            }
         }
         Ok(())
     }

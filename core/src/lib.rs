@@ -43,8 +43,8 @@ pub mod target;
 
 pub use digest::{Digest, InvalidDigest, Sha256Hasher};
 pub use manifest::{
-    Artifact, BlobError, BlobRef, BuildInfo, MANIFEST_SCHEMA, Manifest, ManifestError, ModuleKind,
-    StepTiming, verify_manifest_bytes,
+    Artifact, BlobDecoder, BlobError, BlobRef, BuildInfo, MANIFEST_SCHEMA, Manifest, ManifestError,
+    ModuleKind, StepTiming, verify_manifest_bytes,
 };
 pub use reference::{DEFAULT_TAG, InvalidReference, Reference, TAGS_PREFIX, TagRef};
 pub use target::{TargetProfile, UnsupportedTarget};

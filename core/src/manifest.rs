@@ -67,20 +67,104 @@ impl BlobRef {
     /// blob cannot expand without bound; bytes that fail are never
     /// returned.
     pub fn decode(&self, compressed: &[u8]) -> Result<bytes::Bytes, BlobError> {
-        let bytes = zstd::bulk::decompress(compressed, self.size as usize).map_err(|source| {
-            BlobError::Undecodable {
-                digest: self.digest,
-                source,
-            }
-        })?;
-        let actual = Digest::of(&bytes);
-        if actual != self.digest || bytes.len() as u64 != self.size {
+        let mut decoder = self.decoder(Vec::with_capacity(self.size as usize));
+        decoder.write(compressed)?;
+        Ok(decoder.finish()?.into())
+    }
+
+    /// A decoder that takes this blob's stored bytes piece by piece, as
+    /// they arrive, and writes the decoded bytes to `out` while hashing
+    /// them, so decoding and verifying overlap the download.
+    /// [`BlobDecoder::finish`] says whether what was written is this blob;
+    /// until it has said yes, `out` holds unverified bytes.
+    pub fn decoder<W: std::io::Write>(&self, out: W) -> BlobDecoder<W> {
+        BlobDecoder {
+            blob: self.clone(),
+            zstd: zstd::stream::write::Decoder::new(Verifying {
+                out,
+                hasher: sha2::Sha256::default(),
+                written: 0,
+                limit: self.size,
+            })
+            .expect("a zstd decoder's context allocates"),
+        }
+    }
+}
+
+/// Decodes and verifies one blob's stored bytes as they arrive; see
+/// [`BlobRef::decoder`].
+pub struct BlobDecoder<W: std::io::Write> {
+    blob: BlobRef,
+    zstd: zstd::stream::write::Decoder<'static, Verifying<W>>,
+}
+
+impl<W: std::io::Write> BlobDecoder<W> {
+    /// Decodes the next stored bytes.
+    pub fn write(&mut self, compressed: &[u8]) -> Result<(), BlobError> {
+        use std::io::Write;
+        self.zstd
+            .write_all(compressed)
+            .map_err(|source| self.undecodable(source))
+    }
+
+    /// Ends the blob: `out` once what was decoded has the blob's size and
+    /// digest, else why not.
+    pub fn finish(mut self) -> Result<W, BlobError> {
+        use sha2::Digest as _;
+        use std::io::Write;
+        self.zstd
+            .flush()
+            .map_err(|source| self.undecodable(source))?;
+        let Verifying {
+            out,
+            hasher,
+            written,
+            ..
+        } = self.zstd.into_inner();
+        let actual = crate::Digest::from_bytes(hasher.finalize().into());
+        if actual != self.blob.digest || written != self.blob.size {
             return Err(BlobError::Mismatch {
-                expected: self.digest,
+                expected: self.blob.digest,
                 actual,
             });
         }
-        Ok(bytes.into())
+        Ok(out)
+    }
+
+    fn undecodable(&self, source: std::io::Error) -> BlobError {
+        BlobError::Undecodable {
+            digest: self.blob.digest,
+            source,
+        }
+    }
+}
+
+/// Where a [`BlobDecoder`] writes: hashes and counts what passes, and
+/// refuses to pass more than the blob's size.
+struct Verifying<W> {
+    out: W,
+    hasher: sha2::Sha256,
+    written: u64,
+    limit: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for Verifying<W> {
+    fn write(&mut self, decoded: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest as _;
+        if self.written + decoded.len() as u64 > self.limit {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("decodes to more than {} bytes", self.limit),
+            ));
+        }
+        self.out.write_all(decoded)?;
+        self.hasher.update(decoded);
+        self.written += decoded.len() as u64;
+        Ok(decoded.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 }
 
@@ -245,6 +329,60 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stored(raw: &[u8]) -> (BlobRef, Vec<u8>) {
+        let compressed = zstd::bulk::compress(raw, 3).unwrap();
+        let blob = BlobRef {
+            digest: Digest::of(raw),
+            size: raw.len() as u64,
+            compressed_size: compressed.len() as u64,
+        };
+        (blob, compressed)
+    }
+
+    #[test]
+    fn a_blob_decoded_piece_by_piece_is_its_bytes_and_anything_else_is_refused() {
+        let raw: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let (blob, compressed) = stored(&raw);
+        let mut decoder = blob.decoder(Vec::new());
+        for piece in compressed.chunks(977) {
+            decoder.write(piece).unwrap();
+        }
+        assert_eq!(decoder.finish().unwrap(), raw);
+        assert_eq!(blob.decode(&compressed).unwrap(), raw);
+
+        // Cut short: decodes to fewer bytes than the blob's size.
+        let mut decoder = blob.decoder(Vec::new());
+        decoder.write(&compressed[..compressed.len() / 2]).unwrap();
+        assert!(matches!(decoder.finish(), Err(BlobError::Mismatch { .. })));
+
+        // Other bytes of the same size.
+        let mut other = raw.clone();
+        other[7] ^= 1;
+        let (_, forged) = stored(&other);
+        assert!(matches!(
+            blob.decode(&forged),
+            Err(BlobError::Mismatch { expected, .. }) if expected == blob.digest
+        ));
+
+        // More than the size: stopped while decoding, not after.
+        let small = BlobRef {
+            size: 1000,
+            ..blob.clone()
+        };
+        assert!(matches!(
+            small.decode(&compressed),
+            Err(BlobError::Undecodable { .. })
+        ));
+
+        // Not zstd at all.
+        assert!(matches!(
+            blob.decode(b"not a zstd frame"),
+            Err(BlobError::Undecodable { .. })
+        ));
+    }
 
     pub(crate) fn sample() -> Manifest {
         let blob = |b: &[u8]| BlobRef {

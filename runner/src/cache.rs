@@ -1,9 +1,11 @@
 //! The local artifact cache: verified once, then trusted by identity.
 //!
-//! An artifact enters the cache only through write-to-temp, fsync and
-//! rename, and is then hashed once against its manifest's digest. What is
-//! recorded then is the file's identity, as the kernel reports it for the
-//! open handle: device, inode, size, modification and change times. A
+//! An artifact enters the cache decoded into a temporary file as it
+//! downloads, hashed on the way against its manifest's digest, and renamed
+//! into place only once it matched. The handle that was written is the one
+//! mapped for that first load. What is recorded later is the file's
+//! identity, as the kernel reports it for an open handle: device, inode,
+//! size, modification and change times, and the boot it was seen in. A
 //! later load opens the file, and maps it without hashing if the handle's
 //! identity still matches the record; anything else (another file renamed
 //! into place, a write in place, a `touch`) changes the inode or the times
@@ -12,7 +14,15 @@
 //! Timestamps are coarse (a kernel tick), so a change made in the same tick
 //! as the verification would keep them: as git does for "racily clean"
 //! files, the identity is recorded only for a file last changed more than
-//! [`RACY_WINDOW`] ago; a younger file is hashed at each load until then.
+//! [`RACY_WINDOW`] ago. A younger file is hashed at each load until then,
+//! and the runner hashes and records each file it wrote once the window has
+//! passed, in the background ([`settle`]).
+//!
+//! Nothing is fsynced on this path: within one boot the page cache is what
+//! every reader sees, and a power loss that tore a file also changes the
+//! boot id, which voids every record written before it, so the first load
+//! after a reboot hashes again. Where the kernel has no boot id, files are
+//! synced before they are renamed into place.
 //!
 //! Files are made read-only and the cache directory private (0700) to the
 //! runner's account. Only that account (or root) can change a file without
@@ -29,7 +39,21 @@ use thaw_core::Digest;
 use thaw_core::fs::{Durability, write_atomic};
 
 /// How old a file's last change must be before its identity is trusted.
-const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// This boot's id, which a crash or power loss changes; `None` where the
+/// kernel does not offer one.
+fn boot_id() -> Option<&'static str> {
+    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|id| id.trim().to_string())
+                .filter(|id| !id.is_empty())
+        })
+        .as_deref()
+}
 
 /// What [`open_trusted`] found.
 pub(crate) enum Cached {
@@ -65,7 +89,8 @@ fn identity(file: &File) -> std::io::Result<(String, bool)> {
         + std::time::Duration::new(m.ctime().max(0) as u64, m.ctime_nsec().max(0) as u32);
     let settled = changed.elapsed().is_ok_and(|age| age > RACY_WINDOW);
     let text = format!(
-        "dev={} ino={} size={} mtime={}.{:09} ctime={}.{:09}\n",
+        "boot={} dev={} ino={} size={} mtime={}.{:09} ctime={}.{:09}\n",
+        boot_id().unwrap_or("unknown"),
         m.dev(),
         m.ino(),
         m.size(),
@@ -111,13 +136,36 @@ pub(crate) fn open_trusted(entry: &Entry, rehash: bool) -> std::io::Result<Cache
     Ok(Cached::Trusted(file))
 }
 
-/// Puts fetched (already digest-checked) bytes into the cache: written
-/// aside, synced, made read-only, renamed into place.
-pub(crate) fn insert(entry: &Entry, bytes: &[u8]) -> std::io::Result<()> {
+/// A temporary file in the cache directory for `entry`'s bytes to be
+/// decoded into; nothing loads it until [`admit`] renames it into place.
+pub(crate) fn incoming(entry: &Entry) -> std::io::Result<tempfile::NamedTempFile> {
+    let dir = entry.file.parent().unwrap_or(std::path::Path::new("."));
+    tempfile::NamedTempFile::new_in(dir)
+}
+
+/// Puts a file whose bytes were verified as they were written into place,
+/// read-only, and returns the handle that wrote them, for mapping.
+pub(crate) fn admit(entry: &Entry, file: tempfile::NamedTempFile) -> std::io::Result<File> {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::remove_file(&entry.identity);
-    write_atomic(&entry.file, bytes, Durability::Synced)?;
-    std::fs::set_permissions(&entry.file, std::fs::Permissions::from_mode(0o444))
+    if boot_id().is_none() {
+        file.as_file().sync_all()?;
+    }
+    file.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o444))?;
+    file.persist(&entry.file).map_err(|e| e.error)
+}
+
+/// Once a file the runner wrote is older than [`RACY_WINDOW`], hashes it
+/// once more and records its identity, so that the next load maps it
+/// without hashing. Runs off any request's path.
+pub(crate) async fn settle(entry: std::sync::Arc<Entry>) {
+    tokio::time::sleep(RACY_WINDOW + std::time::Duration::from_millis(50)).await;
+    let path = entry.file.clone();
+    let settled = tokio::task::spawn_blocking(move || open_trusted(&entry, false)).await;
+    if let Ok(Err(error)) = settled {
+        tracing::warn!(path = %path.display(), %error, "could not record a cached artifact's identity");
+    }
 }
 
 /// Creates the cache directory, private to this account.
@@ -141,7 +189,9 @@ mod tests {
             open_trusted(&entry, false).unwrap(),
             Cached::Missing
         ));
-        insert(&entry, &bytes).unwrap();
+        let mut incoming = incoming(&entry).unwrap();
+        std::io::Write::write_all(&mut incoming, &bytes).unwrap();
+        admit(&entry, incoming).unwrap();
         assert!(matches!(
             open_trusted(&entry, false).unwrap(),
             Cached::Trusted(_)
@@ -163,6 +213,19 @@ mod tests {
             open_trusted(&entry, false).unwrap(),
             Cached::Trusted(_)
         ));
+
+        // A record from another boot (the file may have been torn by a
+        // crash since) is not trusted: the file is hashed again, and the
+        // record rewritten for this boot.
+        let record = std::fs::read_to_string(&entry.identity).unwrap();
+        assert!(record.starts_with(&format!("boot={} ", boot_id().unwrap())));
+        let earlier_boot = record.replacen("boot=", "boot=earlier-", 1);
+        std::fs::write(&entry.identity, &earlier_boot).unwrap();
+        assert!(matches!(
+            open_trusted(&entry, false).unwrap(),
+            Cached::Trusted(_)
+        ));
+        assert_eq!(std::fs::read_to_string(&entry.identity).unwrap(), record);
 
         // The owner can still write it in place (after chmod): the change
         // time moves, so the identity no longer matches, the file is hashed

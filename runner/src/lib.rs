@@ -385,18 +385,15 @@ impl Runner {
         if let cache::Cached::Trusted(file) = open(entry.clone()).await.map_err(cache_error)? {
             return Ok(file);
         }
-        let bytes = source.fetch_blob(&artifact.blob).await?;
+        let incoming = cache::incoming(&entry).map_err(cache_error)?;
+        let written = source.fetch_blob_into(&artifact.blob, incoming).await?;
         let target = entry.clone();
-        tokio::task::spawn_blocking(move || cache::insert(&target, &bytes))
+        let file = tokio::task::spawn_blocking(move || cache::admit(&target, written))
             .await
-            .expect("writing does not panic")
+            .expect("admitting does not panic")
             .map_err(cache_error)?;
-        match open(entry.clone()).await.map_err(cache_error)? {
-            cache::Cached::Trusted(file) => Ok(file),
-            cache::Cached::Missing => Err(cache_error(std::io::Error::other(
-                "the file changed right after it was written",
-            ))),
-        }
+        tokio::spawn(cache::settle(entry));
+        Ok(file)
     }
 }
 

@@ -6,7 +6,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::Bytes;
 use thaw_client::{ClientError, RegistryClient};
 use thaw_core::signing::{PublicKey, TrustedKeys};
 use thaw_core::{BlobRef, Digest, Manifest, Reference, TagRef};
@@ -22,8 +21,13 @@ pub trait ArtifactSource: Send + Sync {
         reference: &Reference,
     ) -> impl Future<Output = Result<(Digest, Manifest), RunError>> + Send;
 
-    /// The decoded bytes of `blob`, verified against its digest.
-    fn fetch_blob(&self, blob: &BlobRef) -> impl Future<Output = Result<Bytes, RunError>> + Send;
+    /// Decodes `blob` into `out`, which is handed back only once its bytes
+    /// were verified against the blob's digest.
+    fn fetch_blob_into<W: std::io::Write + Send + 'static>(
+        &self,
+        blob: &BlobRef,
+        out: W,
+    ) -> impl Future<Output = Result<W, RunError>> + Send;
 }
 
 impl ArtifactSource for ArtifactStore {
@@ -31,8 +35,12 @@ impl ArtifactSource for ArtifactStore {
         Ok(ArtifactStore::resolve(self, reference).await?)
     }
 
-    async fn fetch_blob(&self, blob: &BlobRef) -> Result<Bytes, RunError> {
-        Ok(self.get_blob(blob).await?)
+    async fn fetch_blob_into<W: std::io::Write + Send + 'static>(
+        &self,
+        blob: &BlobRef,
+        out: W,
+    ) -> Result<W, RunError> {
+        Ok(self.get_blob_into(blob, out).await?)
     }
 }
 
@@ -41,8 +49,12 @@ impl ArtifactSource for RegistryClient {
         Ok(RegistryClient::resolve(self, reference).await?)
     }
 
-    async fn fetch_blob(&self, blob: &BlobRef) -> Result<Bytes, RunError> {
-        Ok(RegistryClient::fetch_blob(self, blob).await?.raw)
+    async fn fetch_blob_into<W: std::io::Write + Send + 'static>(
+        &self,
+        blob: &BlobRef,
+        out: W,
+    ) -> Result<W, RunError> {
+        Ok(RegistryClient::fetch_blob_into(self, blob, out).await?)
     }
 }
 
@@ -125,10 +137,14 @@ impl ArtifactSource for Source {
         }
     }
 
-    async fn fetch_blob(&self, blob: &BlobRef) -> Result<Bytes, RunError> {
+    async fn fetch_blob_into<W: std::io::Write + Send + 'static>(
+        &self,
+        blob: &BlobRef,
+        out: W,
+    ) -> Result<W, RunError> {
         match self {
-            Source::Store(store) => ArtifactSource::fetch_blob(store, blob).await,
-            Source::Registry(client) => ArtifactSource::fetch_blob(client, blob).await,
+            Source::Store(store) => ArtifactSource::fetch_blob_into(store, blob, out).await,
+            Source::Registry(client) => ArtifactSource::fetch_blob_into(client, blob, out).await,
         }
     }
 }

@@ -277,6 +277,22 @@ impl ArtifactStore {
         )
     }
 
+    /// Reads a blob and decodes it into `out`, verifying its digest and
+    /// size; `out` is handed back only if they match.
+    pub async fn get_blob_into<W>(&self, blob: &BlobRef, out: W) -> Result<W, StoreError>
+    where
+        W: std::io::Write + Send + 'static,
+    {
+        let compressed = self.get_blob_compressed(&blob.digest).await?;
+        let mut decoder = blob.decoder(out);
+        Ok(tokio::task::spawn_blocking(move || {
+            decoder.write(&compressed)?;
+            decoder.finish()
+        })
+        .await
+        .expect("decompression does not panic")?)
+    }
+
     /// The stored (zstd) bytes of a blob, unverified: private, so that no
     /// caller can mistake them for checked bytes.
     async fn get_blob_compressed(&self, digest: &Digest) -> Result<Bytes, StoreError> {
