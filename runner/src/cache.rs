@@ -39,7 +39,7 @@ use thaw_core::Digest;
 use thaw_core::fs::{Durability, write_atomic};
 
 /// How old a file's last change must be before its identity is trusted.
-pub(crate) const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// This boot's id, which a crash or power loss changes; `None` where the
 /// kernel does not offer one.

@@ -376,13 +376,11 @@ impl Runner {
             path: entry.file.clone(),
             source: e,
         };
-        let rehash = self.config.verify_on_load;
-        let open = |entry: Arc<cache::Entry>| async move {
-            tokio::task::spawn_blocking(move || cache::open_trusted(&entry, rehash))
-                .await
-                .expect("opening does not panic")
-        };
-        if let cache::Cached::Trusted(file) = open(entry.clone()).await.map_err(cache_error)? {
+        let (cached, rehash) = (entry.clone(), self.config.verify_on_load);
+        let opened = tokio::task::spawn_blocking(move || cache::open_trusted(&cached, rehash))
+            .await
+            .expect("opening does not panic");
+        if let cache::Cached::Trusted(file) = opened.map_err(cache_error)? {
             return Ok(file);
         }
         let incoming = cache::incoming(&entry).map_err(cache_error)?;

@@ -268,13 +268,8 @@ impl ArtifactStore {
     /// Reads a blob, decompresses it and verifies its digest and size. Bytes
     /// that fail verification are never returned.
     pub async fn get_blob(&self, blob: &BlobRef) -> Result<Bytes, StoreError> {
-        let compressed = self.get_blob_compressed(&blob.digest).await?;
-        let expected = blob.clone();
-        Ok(
-            tokio::task::spawn_blocking(move || expected.decode(&compressed))
-                .await
-                .expect("decompression does not panic")?,
-        )
+        let decoded = Vec::with_capacity(blob.size as usize);
+        Ok(self.get_blob_into(blob, decoded).await?.into())
     }
 
     /// Reads a blob and decodes it into `out`, verifying its digest and
