@@ -26,6 +26,7 @@ service='axum|utoipa|prometheus-client|thaw-http|thaw-registry'
 
 forbid thaw-runner "$compilers" "the runner must never compile code"
 forbid thaw-engine "$compilers" "the runtime layer is shared with the runner"
+forbid thaw-engine "reqwest|hyper|$service" "the runtime layer is shared with the build pipeline, which links no HTTP client"
 forbid thaw-core "$runtimes|reqwest|$service" "the core is plain data, usable by every crate"
 forbid thaw-store "wasmtime|wasmtime-wasi|$service" "the store holds bytes, it never runs them"
 forbid thaw-client "wasmtime|wasmtime-wasi|object_store|$service" "clients need only the wire types and the verifier"

@@ -249,16 +249,29 @@ pub fn prepare<'a>(
     })
 }
 
+/// The `thaw_http` imports (docs/abi.md) for peers that lack them: `send`
+/// answers "unavailable" and `take` has nothing to give.
+const OUTBOUND_STUB: &str = r#"(module
+  (func (export "send") (param i32 i32 i32) (result i32) i32.const 7)
+  (func (export "take") (param i32 i32 i32) (result i32) i32.const -1))
+"#;
+
 /// The manual peer pipeline: Wizer CLI, then `wasmtime compile` per target.
 fn peer_build(tools: &Tools, reactor: &Path, dir: &Path) -> Result<PathBuf> {
     let snapshot = dir.join("peer-snapshot.wasm");
+    // Wizer links only WASI: the SDK's outbound HTTP imports get stubs
+    // that refuse every request, as thaw's own init does.
+    let outbound_stub = dir.join("thaw_http-stub.wat");
+    std::fs::write(&outbound_stub, OUTBOUND_STUB)?;
     // `_initialize` cannot be the init function (Wizer calls it itself, and
     // Go then aborts with "randinit twice"): use the SDK's hook.
     run(Command::new(&tools.wizer)
         .arg(reactor)
         .arg("-o")
         .arg(&snapshot)
-        .args(["--allow-wasi", "--init-func", "thaw_pre_snapshot"]))?;
+        .args(["--allow-wasi", "--init-func", "thaw_pre_snapshot"])
+        .arg("--preload")
+        .arg(format!("thaw_http={}", outbound_stub.display())))?;
     let compiled = dir.join("peer-snapshot.cwasm");
     run(Command::new(&tools.wasmtime)
         .arg("compile")
@@ -468,7 +481,12 @@ impl OneShot {
                     OneShot::WasmtimeJit => command.args(["-C", "cache=n"]),
                     _ => command.arg("--allow-precompiled"),
                 };
-                command.args(["--invoke", "thaw_handle"]).arg(module);
+                // The CLI has no outbound HTTP (`thaw_http`), which no
+                // benchmark calls: a call would trap.
+                command
+                    .args(["-W", "unknown-imports-trap=y"])
+                    .args(["--invoke", "thaw_handle"])
+                    .arg(module);
                 command
             }
         };

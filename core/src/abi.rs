@@ -15,7 +15,8 @@ pub const REACTOR_INIT_EXPORT: &str = "_initialize";
 /// A WASI command's entry point.
 pub const COMMAND_EXPORT: &str = "_start";
 
-/// The only import module a thaw host provides.
+/// WASI preview 1, the import module of every capability but outbound
+/// HTTP (`thaw_engine::outbound::MODULE`).
 pub const WASI_P1_MODULE: &str = "wasi_snapshot_preview1";
 
 /// A response as a guest wrote it, parsed but not yet trusted as HTTP:

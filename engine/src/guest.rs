@@ -12,7 +12,8 @@
 //!
 //! let linker = guest::linker(module.engine())?;
 //! let wasi = thaw_engine::sandbox::wasi_builder::<&str, &str>(&[]).build_p1();
-//! let mut store = guest::store(module.engine(), wasi, 64 << 20);
+//! let outbound = thaw_engine::outbound::OutboundSession::unavailable();
+//! let mut store = guest::store(module.engine(), wasi, outbound, 64 << 20);
 //! guest::set_deadline(&mut store, Some(Instant::now() + Duration::from_secs(1)));
 //! let instance = linker.instantiate_async(&mut store, &module).await?;
 //! let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
@@ -27,9 +28,13 @@ use std::time::Instant;
 use wasmtime::{Engine, Linker, Store, UpdateDeadline};
 use wasmtime_wasi::p1::WasiP1Ctx;
 
-/// What a guest's store holds: its WASI context and its memory cap.
+use crate::outbound::{self, OutboundSession, OutboundTally};
+
+/// What a guest's store holds: its WASI context, its outbound HTTP and its
+/// memory cap.
 pub struct GuestState {
     wasi: WasiP1Ctx,
+    outbound: OutboundSession,
     memory: MemoryCap,
 }
 
@@ -39,24 +44,37 @@ impl GuestState {
     pub fn peak_memory(&self) -> u64 {
         self.memory.peak
     }
+
+    /// What the guest's outbound requests came to.
+    pub fn outbound(&self) -> OutboundTally {
+        self.outbound.tally()
+    }
 }
 
-/// A linker that provides WASI preview 1, the only imports a thaw host
-/// offers, for guests run with [`store`].
+/// A linker that provides what a thaw host offers guests run with
+/// [`store`]: WASI preview 1, and outbound HTTP ([`outbound`]), which
+/// refuses every request unless the store was granted some.
 pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<GuestState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut GuestState| &mut s.wasi)?;
+    outbound::add_to_linker(&mut linker, |s: &mut GuestState| &mut s.outbound)?;
     Ok(linker)
 }
 
-/// A store for one guest instance: `wasi` is everything it may reach, and
-/// its linear memory may grow to `max_memory` bytes. Until
+/// A store for one guest instance: `wasi` and `outbound` are everything it
+/// may reach, and its linear memory may grow to `max_memory` bytes. Until
 /// [`set_deadline`] says otherwise, it has no deadline.
-pub fn store(engine: &Engine, wasi: WasiP1Ctx, max_memory: u64) -> Store<GuestState> {
+pub fn store(
+    engine: &Engine,
+    wasi: WasiP1Ctx,
+    outbound: OutboundSession,
+    max_memory: u64,
+) -> Store<GuestState> {
     let mut store = Store::new(
         engine,
         GuestState {
             wasi,
+            outbound,
             memory: MemoryCap::new(max_memory),
         },
     );

@@ -8,6 +8,8 @@
 //! - [`sandbox`]: the WASI context guests get, at build and at run time.
 //! - [`guest`]: a guest's store: memory cap, deadline, and how a call
 //!   failed.
+//! - [`outbound`]: outbound HTTP, the one capability beyond WASI, granted
+//!   per origin; the host brings the HTTP client.
 //!
 //! This crate links wasmtime's runtime but never its compiler, so the
 //! runner can depend on it; the snapshotter and the compiler add theirs.
@@ -22,5 +24,6 @@
 #![warn(missing_docs)]
 
 pub mod guest;
+pub mod outbound;
 pub mod profile;
 pub mod sandbox;

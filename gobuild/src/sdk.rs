@@ -17,6 +17,11 @@ pub const SDK_FILES: &[(&str, &str)] = &[
     ("abi_wasip1.go", include_str!("../../sdk/go/abi_wasip1.go")),
     ("doc.go", include_str!("../../sdk/go/doc.go")),
     ("main.go", include_str!("../../sdk/go/main.go")),
+    ("outbound.go", include_str!("../../sdk/go/outbound.go")),
+    (
+        "outbound_wasip1.go",
+        include_str!("../../sdk/go/outbound_wasip1.go"),
+    ),
     (
         "main_native.go",
         include_str!("../../sdk/go/main_native.go"),

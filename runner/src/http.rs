@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 use crate::catalog::{Capacity, Catalog, Miss, Routed};
 use crate::metrics::{FunctionLabels, Metrics, RequestLabels};
+use crate::outbound::{OutboundRules, Policies};
 use crate::trace::{TRACEPARENT, TraceContext};
 use crate::{Function, Metering, Output, RunError, Runner, Source, Teardown, function_name};
 
@@ -94,9 +95,10 @@ pub enum AppError {
         "two functions would be served as {0:?}; serve them from separate runners or retag one"
     )]
     DuplicateName(String),
-    /// An environment was given for a function that is not served.
-    #[error("an environment is given for {0:?}, which is not served (serving: {1})")]
-    UnknownFunction(String, String),
+    /// An environment or outbound origins were given for a function that
+    /// is not served.
+    #[error("{0} is given for {1:?}, which is not served (serving: {2})")]
+    UnknownFunction(&'static str, String, String),
 }
 
 /// The environment functions see, besides per-request metadata. It is
@@ -180,6 +182,7 @@ pub type ResponseHook = Box<dyn Fn(&AccessRecord) + Send + Sync>;
 pub struct App {
     catalog: Catalog,
     env: FunctionEnv,
+    outbound: Policies,
     limits: RequestLimits,
     slots: Arc<Semaphore>,
     max_concurrency: usize,
@@ -216,7 +219,7 @@ impl App {
                 return Err(AppError::DuplicateName(name));
             }
         }
-        check_env_names(&env, by_name.keys())?;
+        check_names("an environment", env.by_function.keys(), by_name.keys())?;
         let metrics = Arc::new(Metrics::default());
         let capacity = Capacity {
             max_loaded: by_name.len(),
@@ -236,6 +239,7 @@ impl App {
         Self {
             catalog,
             env,
+            outbound: Policies::new(&OutboundRules::default()),
             limits,
             slots: Arc::new(Semaphore::new(max_concurrency)),
             max_concurrency,
@@ -281,7 +285,8 @@ impl App {
             pinned.push((name, reference.clone(), function));
         }
         if !serving.on_demand {
-            check_env_names(&env, pinned.iter().map(|(name, _, _)| name))?;
+            let names = pinned.iter().map(|(name, _, _)| name);
+            check_names("an environment", env.by_function.keys(), names)?;
         }
         let slots = runner.config().max_instances as usize;
         let metrics = Arc::new(Metrics::default());
@@ -294,6 +299,18 @@ impl App {
             metrics.clone(),
         );
         Ok(Self::with(catalog, env, limits, slots, metrics))
+    }
+
+    /// Lets functions reach the origins `rules` allows; without it, every
+    /// outbound request is denied.
+    pub fn allow_outbound(mut self, rules: &OutboundRules) -> Result<Self, AppError> {
+        let policies = Policies::new(rules);
+        if !self.on_demand() {
+            let names = self.names();
+            check_names("an outbound origin", policies.names(), names.iter())?;
+        }
+        self.outbound = policies;
+        Ok(self)
     }
 
     /// Calls `hook` after every request.
@@ -331,18 +348,16 @@ pub struct Serving {
     pub capacity: Capacity,
 }
 
-/// An environment given for a name that is not served is a mistake.
-fn check_env_names<'a>(
-    env: &FunctionEnv,
+/// Settings (`what`) given for a name that is not served are a mistake.
+fn check_names<'a>(
+    what: &'static str,
+    mut given: impl Iterator<Item = &'a String>,
     names: impl Iterator<Item = &'a String> + Clone,
 ) -> Result<(), AppError> {
-    if let Some(unknown) = env
-        .by_function
-        .keys()
-        .find(|n| !names.clone().any(|name| name == *n))
-    {
+    if let Some(unknown) = given.find(|n| !names.clone().any(|name| name == *n)) {
         let served: Vec<_> = names.map(String::as_str).collect();
         return Err(AppError::UnknownFunction(
+            what,
             unknown.clone(),
             served.join(", "),
         ));
@@ -483,6 +498,7 @@ async fn handle(
             metrics.reset_bytes.observe(reset.bytes as f64);
             metrics.merged_pages.inc_by(reset.merged_pages);
         }
+        metrics.outbound(&name, &usage.metering.outbound);
     }
     tracing::info!(
         target: "thaw::access",
@@ -493,6 +509,7 @@ async fn handle(
         cpu_us = usage.map(|u| u.metering.cpu.as_micros() as u64),
         memory_peak = usage.map(|u| u.metering.peak_memory),
         reset_bytes = usage.and_then(|u| u.metering.reset).map(|r| r.bytes),
+        outbound = usage.map(|u| u.metering.outbound.total()),
         "request"
     );
     if let Some(hook) = &app.on_response {
@@ -599,7 +616,8 @@ async fn run(
     } else {
         Teardown::Inline
     };
-    let call = function.call_metered(stdin, &env, teardown).await;
+    let outbound = app.outbound.of(name);
+    let call = function.call_metered(stdin, &env, outbound, teardown).await;
     // The slot and the function's share are free once the instance is torn
     // down: now, or after the answer goes out.
     match call.retired {

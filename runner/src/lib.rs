@@ -33,6 +33,7 @@ pub mod http;
 mod metrics;
 #[cfg(feature = "cli")]
 pub mod options;
+pub mod outbound;
 pub mod reset;
 mod source;
 mod trace;
@@ -49,6 +50,7 @@ use thaw_core::error::BoxError;
 use thaw_core::target::host_triple;
 use thaw_core::{Artifact, Digest, Manifest, ModuleKind, Reference};
 use thaw_engine::guest::{self, GuestFailure, GuestState};
+use thaw_engine::outbound::{OutboundPolicy, OutboundSession, OutboundTally, Transport};
 use thaw_engine::profile::{self, EPOCH_TICK, EpochTicker};
 use thaw_engine::sandbox;
 use thaw_store::StoreError;
@@ -211,6 +213,7 @@ pub struct Runner {
     linker: Linker<GuestState>,
     config: RunnerConfig,
     reset: reset::ResetChoice,
+    outbound: Arc<dyn Transport>,
 }
 
 impl Runner {
@@ -277,6 +280,7 @@ impl Runner {
             linker,
             config,
             reset,
+            outbound: Arc::new(outbound::HttpTransport::default()),
         })
     }
 
@@ -355,6 +359,7 @@ impl Runner {
             pre,
             config: self.config.clone(),
             dirty_pages: self.reset.dirty_pages.clone(),
+            outbound: self.outbound.clone(),
         })
     }
 
@@ -469,6 +474,7 @@ pub struct Function {
     pre: InstancePre<GuestState>,
     config: RunnerConfig,
     dirty_pages: Option<Arc<reset::DirtyPages>>,
+    outbound: Arc<dyn Transport>,
 }
 
 /// What one call produced.
@@ -524,6 +530,8 @@ pub struct Metering {
     /// What resetting the instance's slot copies back, when slots are
     /// reset by their dirty pages.
     pub reset: Option<ResetWork>,
+    /// What its outbound HTTP requests came to.
+    pub outbound: OutboundTally,
 }
 
 /// A future that adds up the thread CPU time spent polling it: the time a
@@ -561,23 +569,29 @@ impl Function {
     }
 
     /// Runs one request in a fresh instance: `stdin` is the guest's stdin,
-    /// `env` its whole environment. Nothing survives the call.
+    /// `env` its whole environment. It may make no outbound request.
+    /// Nothing survives the call.
     pub async fn call(&self, stdin: Vec<u8>, env: &[(String, String)]) -> Result<Output, RunError> {
-        self.call_metered(stdin, env, Teardown::Inline).await.result
+        let deny_all = Arc::new(OutboundPolicy::default());
+        self.call_metered(stdin, env, &deny_all, Teardown::Inline)
+            .await
+            .result
     }
 
-    /// [`Function::call`], with what the instance used whatever the
-    /// outcome (a request stopped at its deadline used CPU too), its
-    /// instance torn down as `teardown` says. The instance's pool slot is
-    /// free again once [`MeteredCall::retired`] completes (at once when it
-    /// is `None`); hold whatever counts slots until then.
+    /// [`Function::call`], with outbound HTTP as `outbound` allows, and
+    /// with what the instance used whatever the outcome (a request stopped
+    /// at its deadline used CPU too), its instance torn down as `teardown`
+    /// says. The instance's pool slot is free again once
+    /// [`MeteredCall::retired`] completes (at once when it is `None`);
+    /// hold whatever counts slots until then.
     pub async fn call_metered(
         &self,
         stdin: Vec<u8>,
         env: &[(String, String)],
+        outbound: &Arc<OutboundPolicy>,
         teardown: Teardown,
     ) -> MeteredCall {
-        let (result, metering, store) = self.run_instance(stdin, env).await;
+        let (result, metering, store) = self.run_instance(stdin, env, outbound).await;
         let retired = match teardown {
             Teardown::Inline => {
                 drop(store);
@@ -598,6 +612,7 @@ impl Function {
         &self,
         stdin: Vec<u8>,
         env: &[(String, String)],
+        outbound: &Arc<OutboundPolicy>,
     ) -> (Result<Output, RunError>, Metering, Store<GuestState>) {
         let started = Instant::now();
         // One byte over the cap, so that a response of exactly the cap is
@@ -609,9 +624,17 @@ impl Function {
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .build_p1();
-        let mut store = guest::store(self.pre.module().engine(), wasi, self.config.max_memory);
         let timeout = self.config.request_timeout;
-        guest::set_deadline(&mut store, Some(started + timeout));
+        let deadline = started + timeout;
+        let outbound =
+            OutboundSession::new(self.outbound.clone(), outbound.clone(), Some(deadline));
+        let mut store = guest::store(
+            self.pre.module().engine(),
+            wasi,
+            outbound,
+            self.config.max_memory,
+        );
+        guest::set_deadline(&mut store, Some(deadline));
 
         let mut memory: Option<Memory> = None;
         let mut run = CpuTimed {
@@ -635,6 +658,7 @@ impl Function {
             cpu,
             peak_memory: store.data().peak_memory(),
             reset: self.prepare_reset(&mut store, memory),
+            outbound: store.data().outbound(),
         };
         let Ok(result) = finished else {
             return (Err(RunError::Timeout(timeout)), metering, store);
@@ -707,10 +731,11 @@ impl Function {
                 what: "preopening /",
                 source: e.into(),
             })?;
-        // A program run from a shell: no deadline.
+        // A program run from a shell: no deadline, and no outbound HTTP.
         let mut store = guest::store(
             self.pre.module().engine(),
             builder.build_p1(),
+            OutboundSession::unavailable(),
             self.config.max_memory,
         );
         let result = async {

@@ -24,6 +24,12 @@ pub struct LoadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutboundLabels {
+    pub function: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
     pub function: String,
     pub limit: &'static str,
@@ -52,6 +58,7 @@ pub struct Metrics {
     pub peak_memory: Family<FunctionLabels, Histogram, fn() -> Histogram>,
     pub reset_bytes: Histogram,
     pub merged_pages: Counter,
+    pub outbound: Family<OutboundLabels, Counter>,
 }
 
 fn memory_histogram() -> Histogram {
@@ -78,6 +85,13 @@ impl Default for Metrics {
         // 64 KiB to 64 MiB.
         let reset_bytes = Histogram::new(exponential_buckets(65536.0, 2.0, 11));
         let merged_pages = Counter::default();
+        let outbound = Family::<OutboundLabels, Counter>::default();
+        registry.register(
+            "outbound_requests",
+            "Outbound HTTP requests functions made, by function and outcome (completed, denied, \
+             limited, timed_out, too_large, failed, malformed, unavailable)",
+            outbound.clone(),
+        );
         registry.register(
             "slot_reset_bytes",
             "Bytes each instance's slot reset copies back (the dirty-page reset only)",
@@ -162,6 +176,7 @@ impl Default for Metrics {
             peak_memory,
             reset_bytes,
             merged_pages,
+            outbound,
         }
     }
 }
@@ -175,6 +190,21 @@ impl Metrics {
     pub fn load(&self, outcome: &'static str, elapsed: std::time::Duration) {
         self.loads.get_or_create(&LoadLabels { outcome }).inc();
         self.load_time.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one instance's outbound requests.
+    pub fn outbound(&self, function: &str, tally: &thaw_engine::outbound::OutboundTally) {
+        for outcome in thaw_engine::outbound::Outcome::ALL {
+            let count = tally.count(outcome);
+            if count > 0 {
+                self.outbound
+                    .get_or_create(&OutboundLabels {
+                        function: function.to_string(),
+                        outcome: outcome.label(),
+                    })
+                    .inc_by(count.into());
+            }
+        }
     }
 
     pub fn limit_hit(&self, function: &str, limit: &'static str) {

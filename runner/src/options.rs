@@ -11,11 +11,15 @@ use std::time::Duration;
 use thaw_core::Reference;
 use thaw_core::settings::{parse_duration, parse_env_file, parse_key_value};
 use thaw_core::signing::PublicKey;
+use thaw_engine::outbound::{
+    DEFAULT_MAX_REQUESTS, DEFAULT_MAX_RESPONSE_BYTES, OriginPattern, OutboundLimits,
+};
 
 use thaw_http::ConnectionArgs;
 
 use crate::catalog::Capacity;
 use crate::http::{App, DEFAULT_MAX_BODY, FunctionEnv, LoadAppError, RequestLimits, Serving};
+use crate::outbound::OutboundRules;
 use crate::{
     Allocator, DEFAULT_KEEP_RESIDENT, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_MEMORY,
     DEFAULT_MAX_STDERR, DEFAULT_MAX_STDOUT, Runner, RunnerConfig, SlotReset, Source,
@@ -92,6 +96,29 @@ pub struct ServeOptions {
     /// recently used idle one is unloaded.
     #[arg(long, env = "THAW_MAX_LOADED", default_value_t = DEFAULT_MAX_LOADED)]
     pub max_loaded: usize,
+    /// An origin every function may send HTTP requests to,
+    /// `scheme://host[:port]` (`https://*.example.com` allows its
+    /// subdomains); repeatable. Everything else is denied.
+    #[arg(
+        long = "allow-outbound",
+        env = "THAW_ALLOW_OUTBOUND",
+        value_delimiter = ','
+    )]
+    pub allow_outbound: Vec<OriginPattern>,
+    /// An origin only one function may send HTTP requests to,
+    /// `NAME:ORIGIN`; repeatable.
+    #[arg(long = "function-allow-outbound", value_parser = parse_function_origin)]
+    pub function_allow_outbound: Vec<(String, OriginPattern)>,
+    /// Outbound HTTP requests one request may make (redirects count).
+    #[arg(long, env = "THAW_OUTBOUND_MAX_REQUESTS", default_value_t = DEFAULT_MAX_REQUESTS)]
+    pub outbound_max_requests: u32,
+    /// Time one outbound request may take, e.g. `5s`; never beyond the
+    /// request's own deadline.
+    #[arg(long, env = "THAW_OUTBOUND_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub outbound_timeout: Duration,
+    /// Largest outbound response body accepted, in bytes.
+    #[arg(long, env = "THAW_OUTBOUND_MAX_RESPONSE_BYTES", default_value_t = DEFAULT_MAX_RESPONSE_BYTES)]
+    pub outbound_max_response_bytes: usize,
     /// Instances one function may run at once. Default: on an edge host
     /// (no function named), half of `--max-instances`, so one hot function
     /// leaves the rest to others; else all of them.
@@ -157,7 +184,29 @@ impl ServeOptions {
             },
         };
         let env = self.function_env()?;
-        App::load(Arc::new(runner), source, references, env, limits, serving).await
+        let app = App::load(Arc::new(runner), source, references, env, limits, serving).await?;
+        Ok(app.allow_outbound(&self.outbound_rules())?)
+    }
+
+    /// The outbound HTTP these options allow.
+    pub fn outbound_rules(&self) -> OutboundRules {
+        let mut rules = OutboundRules {
+            shared: self.allow_outbound.clone(),
+            limits: OutboundLimits {
+                max_requests: self.outbound_max_requests,
+                timeout: self.outbound_timeout,
+                max_response_bytes: self.outbound_max_response_bytes,
+            },
+            ..OutboundRules::default()
+        };
+        for (name, origin) in &self.function_allow_outbound {
+            rules
+                .by_function
+                .entry(name.clone())
+                .or_default()
+                .push(origin.clone());
+        }
+        rules
     }
 
     /// The environment these options give functions, files read.
@@ -198,6 +247,12 @@ fn read_env_file(path: &std::path::Path) -> Result<Vec<(String, String)>, LoadAp
 fn parse_function_env(text: &str) -> Result<(String, (String, String)), String> {
     let (name, pair) = function_and(text, "NAME:KEY=VALUE")?;
     Ok((name, parse_key_value(pair)?))
+}
+
+/// Parses `NAME:ORIGIN`.
+fn parse_function_origin(text: &str) -> Result<(String, OriginPattern), String> {
+    let (name, origin) = function_and(text, "NAME:ORIGIN")?;
+    Ok((name, origin.parse().map_err(|e| format!("{e}"))?))
 }
 
 /// Parses `NAME:FILE`.

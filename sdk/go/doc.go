@@ -50,13 +50,24 @@
 // [http.Request.RemoteAddr]. The request's context is cancelled when the
 // handler returns.
 //
+// # Outbound HTTP
+//
+// Under thaw, [http.DefaultTransport] sends requests through the host, so
+// http.Get, http.DefaultClient and any http.Client without a Transport of
+// its own reach the origins the host allows for the function and nothing
+// else. A refused request fails at once with an [*OutboundError] naming the
+// origin; test its kind with errors.Is against [ErrOutboundDenied],
+// [ErrOutboundLimit], [ErrOutboundTimeout], [ErrOutboundTooLarge] and the
+// others. Requests are made one at a time and bodies are buffered whole;
+// init cannot call out ([ErrOutboundUnavailable]).
+//
 // # Caveats
 //
-//   - Randomness is frozen by the snapshot. The Go runtime seeds math/rand,
-//     hash/maphash and map iteration order during initialization, so every
-//     instance restored from one snapshot produces the same math/rand
-//     sequence and the same map order. Use crypto/rand for anything secret or
-//     anything that must differ between requests; it asks the host each time.
+//   - The runtime's randomness (math/rand, hash/maphash seeds, new maps'
+//     seeds and iteration order) is reseeded from the host at the start of
+//     every request, so no two instances share it. Maps built in init()
+//     keep the seeds they were built with, and generators the program
+//     seeded itself are its own. crypto/rand asks the host each time.
 //   - Environment variables read in init() are build-time values. Read
 //     configuration with os.Getenv inside the handler: the environment is
 //     refreshed at the start of every request with the function's configured

@@ -3,9 +3,7 @@
 use std::collections::HashSet;
 
 use thaw_core::ModuleKind;
-use thaw_core::abi::{
-    COMMAND_EXPORT, HANDLE_EXPORT, PRE_SNAPSHOT_EXPORT, REACTOR_INIT_EXPORT, WASI_P1_MODULE,
-};
+use thaw_core::abi::{COMMAND_EXPORT, HANDLE_EXPORT, PRE_SNAPSHOT_EXPORT, REACTOR_INIT_EXPORT};
 use wasmparser::{Encoding, ExternalKind, Parser, Payload, TypeRef, Validator};
 
 use crate::SnapshotError;
@@ -23,12 +21,12 @@ pub struct ModuleInfo {
 
 /// Validates `wasm` against thaw's feature set and decides how it runs.
 ///
-/// `provided_imports` is the set of `wasi_snapshot_preview1` functions the
-/// host defines; any other import is refused here, with its name, rather
+/// `provided_imports` is the set of functions (module, name) the host
+/// defines; any other import is refused here, with its name, rather
 /// than at instantiation on an edge host.
 pub fn inspect(
     wasm: &[u8],
-    provided_imports: &HashSet<String>,
+    provided_imports: &HashSet<(String, String)>,
 ) -> Result<ModuleInfo, SnapshotError> {
     if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
         return Err(SnapshotError::NotWasm {
@@ -83,9 +81,8 @@ pub fn inspect(
         });
     }
     for (module, name, ty) in &imports {
-        let provided = module == WASI_P1_MODULE
-            && matches!(ty, TypeRef::Func(_))
-            && provided_imports.contains(name.as_str());
+        let provided = matches!(ty, TypeRef::Func(_))
+            && provided_imports.contains(&(module.clone(), name.clone()));
         if !provided {
             return Err(SnapshotError::UnsupportedImport {
                 module: module.clone(),

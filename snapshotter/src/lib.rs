@@ -28,9 +28,10 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use thaw_core::ModuleKind;
-use thaw_core::abi::{PRE_SNAPSHOT_EXPORT, REACTOR_INIT_EXPORT, WASI_P1_MODULE};
+use thaw_core::abi::{PRE_SNAPSHOT_EXPORT, REACTOR_INIT_EXPORT};
 use thaw_core::error::BoxError;
 use thaw_engine::guest::{self, GuestFailure, GuestState};
+use thaw_engine::outbound::OutboundSession;
 use thaw_engine::profile::EpochTicker;
 use thaw_engine::sandbox;
 use wasmtime::{Engine, Linker};
@@ -199,7 +200,7 @@ pub struct Snapshot {
 pub struct Snapshotter {
     engine: Engine,
     linker: Linker<GuestState>,
-    provided_imports: HashSet<String>,
+    provided_imports: HashSet<(String, String)>,
 }
 
 impl Snapshotter {
@@ -221,12 +222,12 @@ impl Snapshotter {
         let mut store = guest::store(
             &engine,
             sandbox::wasi_builder::<&str, &str>(&[]).build_p1(),
+            OutboundSession::unavailable(),
             0,
         );
         let provided_imports = linker
             .iter(&mut store)
-            .filter(|(module, _, _)| *module == WASI_P1_MODULE)
-            .map(|(_, name, _)| name.to_string())
+            .map(|(module, name, _)| (module.to_string(), name.to_string()))
             .collect();
         EpochTicker::start(&engine);
         Ok(Self {
@@ -262,7 +263,13 @@ impl Snapshotter {
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .build_p1();
-        let mut store = guest::store(&self.engine, wasi, options.max_memory);
+        // Init runs offline: a snapshot must not depend on the network.
+        let mut store = guest::store(
+            &self.engine,
+            wasi,
+            OutboundSession::unavailable(),
+            options.max_memory,
+        );
 
         // Wizer always calls `_initialize` first, and runs it only once when
         // it is also the init function. (The Wizer CLI calls it a second time

@@ -12,6 +12,7 @@ use thaw_core::{Reference, TargetProfile};
 use thaw_gobuild::BuildMode;
 use thaw_http::ConnectionLimits;
 use thaw_runner::http::{App, AppError, FunctionEnv, RequestLimits};
+use thaw_runner::outbound::OutboundRules;
 use thaw_runner::{Runner, RunnerConfig, SlotReset, function_name};
 use thaw_store::ArtifactStore;
 use thaw_tests::build_go;
@@ -53,6 +54,16 @@ async fn serve(
     serve_within(store, names, configure, limits, ConnectionLimits::default()).await
 }
 
+/// The server's `/metrics` text.
+async fn metrics(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// The environment every test server gives its functions.
 fn live_env() -> FunctionEnv {
     FunctionEnv {
@@ -68,7 +79,17 @@ async fn serve_within(
     limits: RequestLimits,
     connections: ConnectionLimits,
 ) -> Server {
-    serve_with_env(store, names, configure, live_env(), limits, connections).await
+    let outbound = OutboundRules::default();
+    serve_with_env(
+        store,
+        names,
+        configure,
+        live_env(),
+        limits,
+        connections,
+        &outbound,
+    )
+    .await
 }
 
 async fn serve_with_env(
@@ -78,6 +99,7 @@ async fn serve_with_env(
     env: FunctionEnv,
     limits: RequestLimits,
     connections: ConnectionLimits,
+    outbound: &OutboundRules,
 ) -> Server {
     let cache = tempfile::tempdir().unwrap();
     let mut config = RunnerConfig::new(cache.path());
@@ -92,7 +114,10 @@ async fn serve_with_env(
             runner.load(store, &reference).await.unwrap(),
         ));
     }
-    let app = App::new(functions, env, limits, max_instances).unwrap();
+    let app = App::new(functions, env, limits, max_instances)
+        .unwrap()
+        .allow_outbound(outbound)
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address: SocketAddr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -209,14 +234,7 @@ async fn serves_json_api_and_hello_over_http_with_routing_and_metrics() {
             .status(),
         200
     );
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(base).await;
     assert!(
         metrics.contains(r#"thaw_requests_total{function="json-api",status="404"} 1"#),
         "{metrics}"
@@ -345,17 +363,98 @@ async fn every_instance_gets_fresh_runtime_randomness() {
 /// as the same program built natively does, `Date` aside.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unmodified_net_http_program_answers_as_it_does_natively() {
-    let package = "tests/fixtures/go/netserver";
+    // Its /upstream route calls out with http.Get, natively and through
+    // the runner alike.
+    let upstream = format!("http://{}/hello", origin().await);
+    let outbound = OutboundRules {
+        shared: vec![upstream.trim_end_matches("/hello").parse().unwrap()],
+        ..OutboundRules::default()
+    };
+    let thaw = answers_as_natively(
+        "tests/fixtures/go/netserver",
+        |port| ("ADDR", format!("127.0.0.1:{port}")),
+        &[("UPSTREAM", upstream)],
+        &outbound,
+        &[
+            (reqwest::Method::GET, "/items/7?full=1"),
+            (reqwest::Method::POST, "/items"),
+            (reqwest::Method::DELETE, "/items/7"),
+            (reqwest::Method::GET, "/missing"),
+            (reqwest::Method::GET, "/upstream"),
+        ],
+    )
+    .await;
+    let (status, headers, body) = &thaw[0];
+    assert_eq!(
+        (*status, body.as_str()),
+        (200, "hello, item 7 (GET /items/7?full=1)\n")
+    );
+    assert_eq!(headers["x-served-by"], "middleware");
+    assert_eq!(
+        (thaw[4].0, thaw[4].2.as_str()),
+        (200, "upstream said: hello from the origin\n")
+    );
+}
+
+/// The standard demo: `http.HandleFunc` and `http.ListenAndServe(":"+port, nil)`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_standard_net_http_demo_answers_as_it_does_natively() {
+    let thaw = answers_as_natively(
+        "tests/fixtures/go/plainserver",
+        |port| ("PORT", port.to_string()),
+        &[],
+        &OutboundRules::default(),
+        &[
+            (reqwest::Method::GET, "/gopher"),
+            (reqwest::Method::POST, "/json?x=1"),
+            (reqwest::Method::GET, "/"),
+        ],
+    )
+    .await;
+    assert_eq!((thaw[0].0, thaw[0].2.as_str()), (200, "Hello, gopher!\n"));
+    assert_eq!(thaw[1].1["content-type"], "application/json");
+}
+
+/// Status, headers (but `Date` and `Connection`) and body of one answer.
+type Answer = (u16, BTreeMap<String, String>, String);
+
+/// Serves the unmodified program `package` through thaw (with `outbound`)
+/// and runs it natively (told its port by the variable `listen` names),
+/// both with the variables `env`; sends both the same `requests` and
+/// asserts they answer the same. Returns thaw's answers.
+async fn answers_as_natively(
+    package: &str,
+    listen: impl FnOnce(u16) -> (&'static str, String),
+    env: &[(&str, String)],
+    outbound: &OutboundRules,
+    requests: &[(reqwest::Method, &str)],
+) -> Vec<Answer> {
+    let name = package.rsplit('/').next().unwrap();
     let store = store_with(&[package]).await;
     let (_, manifest) = store
-        .resolve(&"netserver:v1".parse().unwrap())
+        .resolve(&format!("{name}:v1").parse().unwrap())
         .await
         .unwrap();
     assert_eq!(manifest.kind, thaw_core::ModuleKind::Reactor);
-    let server = serve(&store, &["netserver"], |_| {}, 1 << 20).await;
+    let server = serve_with_env(
+        &store,
+        &[name],
+        |_| {},
+        FunctionEnv {
+            shared: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            ..FunctionEnv::default()
+        },
+        RequestLimits::default(),
+        ConnectionLimits::default(),
+        outbound,
+    )
+    .await;
 
     let dir = tempfile::tempdir().unwrap();
-    let native = dir.path().join("netserver");
+    let native = dir.path().join(name);
     let go = thaw_tests::go();
     let built = std::process::Command::new(&go.binary)
         .args(["build", "-o"])
@@ -367,24 +466,29 @@ async fn an_unmodified_net_http_program_answers_as_it_does_natively() {
         .output()
         .unwrap();
     assert!(built.status.success(), "{built:?}");
-    let address = std::net::TcpListener::bind("127.0.0.1:0")
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
-        .unwrap();
-    let mut child = std::process::Command::new(&native)
-        .env_clear()
-        .env("ADDR", address.to_string())
-        .spawn()
-        .unwrap();
+        .unwrap()
+        .port();
+    let (variable, value) = listen(port);
+    let _native = KillOnDrop(
+        std::process::Command::new(&native)
+            .env_clear()
+            .env(variable, value)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .spawn()
+            .unwrap(),
+    );
     let client = reqwest::Client::new();
-    let native_base = format!("http://{address}");
+    let native_base = format!("http://127.0.0.1:{port}");
     for _ in 0..200 {
         if client.get(&native_base).send().await.is_ok() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let answer = |base: String, method: reqwest::Method, path: &'static str| {
+    let answer = |base: String, method: reqwest::Method, path: &str| {
         let request = client
             .request(method, format!("{base}{path}"))
             .body("twelve bytes");
@@ -405,25 +509,24 @@ async fn an_unmodified_net_http_program_answers_as_it_does_natively() {
             )
         }
     };
-    for (method, path) in [
-        (reqwest::Method::GET, "/items/7?full=1"),
-        (reqwest::Method::POST, "/items"),
-        (reqwest::Method::DELETE, "/items/7"),
-        (reqwest::Method::GET, "/missing"),
-    ] {
+    let mut answers = Vec::new();
+    for (method, path) in requests {
         let thaw = answer(server.base.clone(), method.clone(), path).await;
         let native = answer(native_base.clone(), method.clone(), path).await;
         assert_eq!(thaw, native, "{method} {path}");
+        answers.push(thaw);
     }
-    let (status, headers, body) =
-        answer(server.base.clone(), reqwest::Method::GET, "/items/7").await;
-    assert_eq!(
-        (status, body.as_str()),
-        (200, "hello, item 7 (GET /items/7)\n")
-    );
-    assert_eq!(headers["x-served-by"], "middleware");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    answers
+}
+
+/// A child process stopped however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -487,14 +590,7 @@ async fn limits_give_the_right_status_while_good_requests_succeed() {
 
     let (status, _) = get("/ok").await.unwrap();
     assert_eq!(status, 200);
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&base).await;
     for (limit, hits) in [("deadline", 3), ("memory", 1), ("body", 1), ("response", 1)] {
         assert!(
             metrics.contains(&format!(
@@ -559,6 +655,7 @@ async fn a_function_sees_its_own_environment_and_no_other_functions() {
         env,
         RequestLimits::default(),
         ConnectionLimits::default(),
+        &OutboundRules::default(),
     )
     .await;
     let get = |path: &str| reqwest::get(format!("{}{path}", server.base));
@@ -720,15 +817,8 @@ async fn a_full_runner_answers_503_with_retry_after() {
     // Wait until the spinning request holds the only instance.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let metrics = client
-            .get(format!("{}/metrics", server.base))
-            .send()
+        if metrics(&server.base)
             .await
-            .unwrap();
-        if metrics
-            .text()
-            .await
-            .unwrap()
             .contains("thaw_instances_in_flight 1")
         {
             break;
@@ -969,5 +1059,148 @@ async fn as_many_clients_as_slots_are_all_served() {
     }
     for client in clients {
         assert_eq!(client.await.unwrap(), 0, "requests refused");
+    }
+}
+
+/// An origin on loopback for outbound HTTP: `/hello` answers, `/echo`
+/// returns the method and body it got, `/slow` answers after 30 s,
+/// `/huge` sends 1 MiB, `/loop` redirects to itself.
+async fn origin() -> SocketAddr {
+    use axum::routing::{any, get};
+    let app =
+        axum::Router::new()
+            .route(
+                "/hello",
+                get(|| async { ([("content-type", "text/plain")], "hello from the origin\n") }),
+            )
+            .route(
+                "/echo",
+                any(|method: axum::http::Method, body: String| async move {
+                    format!("{method} {body}")
+                }),
+            )
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    "late"
+                }),
+            )
+            .route("/huge", get(|| async { vec![b'x'; 1 << 20] }))
+            .route(
+                "/loop",
+                get(|| async { axum::response::Redirect::temporary("/loop") }),
+            );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn functions_reach_only_their_allowed_origins_within_the_limits() {
+    let store = store_with(&["examples/fetch"]).await;
+    let (digest, _) = store.resolve(&"fetch:v1".parse().unwrap()).await.unwrap();
+    for name in ["sneaky", "down"] {
+        let tag = format!("{name}:v1").parse().unwrap();
+        store.set_tag(&tag, &digest).await.unwrap();
+    }
+    let origin = format!("http://{}", origin().await);
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+
+    let mut env = FunctionEnv::default();
+    for (name, upstream) in [("fetch", &origin), ("sneaky", &origin), ("down", &down)] {
+        env.by_function
+            .insert(name.into(), vec![("UPSTREAM".into(), upstream.clone())]);
+    }
+    // The origin is fetch's alone; sneaky, given the same URL, is denied it.
+    let mut outbound = OutboundRules {
+        shared: vec![down.parse().unwrap()],
+        ..OutboundRules::default()
+    };
+    outbound
+        .by_function
+        .insert("fetch".into(), vec![origin.parse().unwrap()]);
+    outbound.limits.timeout = Duration::from_secs(1);
+    outbound.limits.max_response_bytes = 64 << 10;
+    outbound.limits.max_requests = 3;
+    let server = serve_with_env(
+        &store,
+        &["fetch", "sneaky", "down"],
+        |config| config.max_instances = 8,
+        env,
+        RequestLimits::default(),
+        ConnectionLimits::default(),
+        &outbound,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str| {
+        let request = client
+            .request(method, format!("{}{path}", server.base))
+            .body("ping");
+        async move {
+            let started = std::time::Instant::now();
+            let answer = request.send().await.unwrap();
+            let edge = answer.headers().get("x-edge").cloned();
+            let status = answer.status().as_u16();
+            let body = answer.text().await.unwrap();
+            (status, body, edge.is_some(), started.elapsed())
+        }
+    };
+
+    let (status, body, edge, _) = call(reqwest::Method::GET, "/fetch/hello").await;
+    assert_eq!(
+        (status, body.as_str(), edge),
+        (200, "hello from the origin\n", true)
+    );
+    let (status, body, _, _) = call(reqwest::Method::POST, "/fetch/echo").await;
+    assert_eq!((status, body.as_str()), (200, "POST ping"));
+
+    let (status, body, _, _) = call(reqwest::Method::GET, "/sneaky/hello").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains(&format!("outbound HTTP to {origin} is not allowed")),
+        "{body}"
+    );
+
+    let (status, body, _, elapsed) = call(reqwest::Method::GET, "/fetch/slow").await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("no answer within"), "{body}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+
+    let (status, body, _, _) = call(reqwest::Method::GET, "/fetch/huge").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("larger than 65536 bytes"), "{body}");
+
+    // Each redirect is a request of its own: the fourth is refused.
+    let (status, body, _, _) = call(reqwest::Method::GET, "/fetch/loop").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("already made 3 outbound requests"), "{body}");
+
+    let (status, body, _, _) = call(reqwest::Method::GET, "/down/hello").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains(&format!("outbound HTTP to {down}")), "{body}");
+
+    // Whatever its calls came to, the function kept answering.
+    let (status, _, _, _) = call(reqwest::Method::GET, "/fetch/hello").await;
+    assert_eq!(status, 200);
+
+    let metrics = metrics(&server.base).await;
+    for (function, outcome, count) in [
+        ("fetch", "completed", 6),
+        ("fetch", "timed_out", 1),
+        ("fetch", "too_large", 1),
+        ("fetch", "limited", 1),
+        ("sneaky", "denied", 1),
+        ("down", "failed", 1),
+    ] {
+        let line = format!(
+            r#"thaw_outbound_requests_total{{function="{function}",outcome="{outcome}"}} {count}"#
+        );
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
 }
