@@ -50,6 +50,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default [`OutboundLimits::max_response_bytes`]: 8 MiB.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 8 << 20;
 
+/// Results an instance may leave untaken: the SDK takes each at once, so
+/// only a guest that never takes them reaches this, and it traps rather
+/// than pile them up in the host's memory.
+const MAX_UNTAKEN_RESULTS: usize = 64;
+
 /// How long before its deadline a request's outbound call gives up, so
 /// that the guest still has time to answer its own client.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
@@ -410,8 +415,12 @@ impl OutboundSession {
         let (outcome, result) = self.try_send(raw).await;
         self.tally.add(outcome);
         match &result {
-            Ok(_) => tracing::debug!(outcome = outcome.label(), "outbound request"),
-            Err(message) => tracing::info!(outcome = outcome.label(), %message, "outbound request"),
+            // Once per outcome and instance: a guest retrying in a loop
+            // must not flood the host's log.
+            Err(message) if self.tally.count(outcome) == 1 => {
+                tracing::info!(outcome = outcome.label(), %message, "outbound request")
+            }
+            _ => tracing::debug!(outcome = outcome.label(), "outbound request"),
         }
         (outcome, result.unwrap_or_else(String::into_bytes))
     }
@@ -591,6 +600,11 @@ pub fn add_to_linker<T: Send + 'static>(
                     .ok_or_else(|| wasmtime::format_err!("{MODULE}.{SEND}: request out of bounds"))?
                     .to_vec();
                 let state = session(caller.data_mut());
+                if state.results.len() >= MAX_UNTAKEN_RESULTS {
+                    wasmtime::bail!(
+                        "{MODULE}.{SEND}: {MAX_UNTAKEN_RESULTS} results were never taken"
+                    );
+                }
                 let (outcome, bytes) = state.send(&raw).await;
                 let len = u32::try_from(bytes.len())?;
                 let handle = state.keep(bytes);
@@ -770,5 +784,38 @@ mod tests {
             .send(&get("http://allowed.test/"))
             .await;
         assert_eq!(outcome, Outcome::Unavailable);
+    }
+
+    /// A guest calling `send` as a hostile module would: out of bounds,
+    /// and without ever taking its results.
+    const HOSTILE_GUEST: &str = r#"(module
+      (import "thaw_http" "send" (func $send (param i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "out_of_bounds")
+        (drop (call $send (i32.const 65530) (i32.const 100) (i32.const 0))))
+      (func (export "never_take")
+        (loop $again
+          (drop (call $send (i32.const 0) (i32.const 0) (i32.const 16)))
+          (br $again))))"#;
+
+    #[tokio::test]
+    async fn a_hostile_guest_traps_instead_of_reaching_host_memory() {
+        let engine = wasmtime::Engine::new(&crate::profile::engine_config()).unwrap();
+        let module = wasmtime::Module::new(&engine, HOSTILE_GUEST).unwrap();
+        let linker = crate::guest::linker(&engine).unwrap();
+        for (export, reason) in [
+            ("out_of_bounds", "request out of bounds"),
+            ("never_take", "64 results were never taken"),
+        ] {
+            let wasi = crate::sandbox::wasi_builder::<&str, &str>(&[]).build_p1();
+            let mut store =
+                crate::guest::store(&engine, wasi, OutboundSession::unavailable(), 1 << 20);
+            let instance = linker.instantiate_async(&mut store, &module).await.unwrap();
+            let run = instance
+                .get_typed_func::<(), ()>(&mut store, export)
+                .unwrap();
+            let error = run.call_async(&mut store, ()).await.unwrap_err();
+            assert!(format!("{error:#}").contains(reason), "{export}: {error:#}");
+        }
     }
 }
