@@ -342,25 +342,64 @@ fn serving_tables(report: &Report) -> String {
             "thaw, inside the runner",
             "request",
         ) {
-            let instantiate = find(
+            let _ = writeln!(
+                out,
+                "\nInside the runner (from its access log, c=1, {} requests): p50 {:.0} µs, p99 {:.0} µs.\n",
+                s.runs,
+                s.median * 1000.0,
+                s.p99 * 1000.0,
+            );
+            out.push_str("| part of a request | p50 | p99 |\n|---|---|---|\n");
+            for (part, metric) in [
+                (
+                    "HTTP front (routing, body, environment, parsing the answer)",
+                    "HTTP front",
+                ),
+                (
+                    "instantiation (a pooled slot, the snapshot's memory image)",
+                    "instantiate",
+                ),
+                (
+                    "guest run (WASI setup, runtime entry, handler)",
+                    "guest run",
+                ),
+                (
+                    "guest CPU (of the guest run, on the host's thread)",
+                    "guest CPU",
+                ),
+            ] {
+                if let Some(Measurement {
+                    summary: Some(p), ..
+                }) = find(
+                    report,
+                    "serving",
+                    example,
+                    "thaw, inside the runner",
+                    metric,
+                ) {
+                    let _ = writeln!(
+                        out,
+                        "| {part} | {:.0} µs | {:.0} µs |",
+                        p.median * 1000.0,
+                        p.p99 * 1000.0
+                    );
+                }
+            }
+            if let Some(Measurement {
+                summary: Some(r), ..
+            }) = find(
                 report,
                 "serving",
                 example,
                 "thaw, inside the runner",
-                "instantiate",
-            )
-            .and_then(|m| m.summary.as_ref());
-            let _ = writeln!(
-                out,
-                "\nInside the runner (instantiate + call + teardown, from its access log, c=1, {} requests): p50 {:.0} µs, p99 {:.0} µs{}.",
-                s.runs,
-                s.median * 1000.0,
-                s.p99 * 1000.0,
-                instantiate.map_or(String::new(), |i| format!(
-                    "; instantiation alone p50 {:.0} µs",
-                    i.median * 1000.0
-                ))
-            );
+                "slot reset copies",
+            ) {
+                let _ = writeln!(
+                    out,
+                    "| slot reset, after the answer: bytes copied back (pages the request wrote) | {:.0} KiB | {:.0} KiB |",
+                    r.median, r.p99
+                );
+            }
         }
         out.push('\n');
     }

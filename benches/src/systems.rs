@@ -715,14 +715,35 @@ fn inside_runner(
     }
     wrk(address, prepared.example.path, 1, seconds.min(5))?;
     let text = std::fs::read_to_string(log.path())?;
+    let number = |line: &str, name: &str| -> Option<f64> {
+        let value = line.split(name).nth(1)?;
+        value
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
     let field = |name: &str, scale: f64| -> Vec<f64> {
         text.lines()
-            .filter_map(|l| l.split(name).nth(1))
-            .filter_map(|v| v.split(|c: char| !c.is_ascii_digit()).next())
-            .filter_map(|v| v.parse::<f64>().ok())
+            .filter_map(|l| number(l, name))
             .map(|v| v / scale)
             .collect()
     };
+    // Each request split into where its time went, from its own log line:
+    // the HTTP front is everything but the call (routing, the body, the
+    // environment, parsing the guest's answer), the guest's run is the
+    // call but instantiation (WASI setup, the runtime's entry, the
+    // handler).
+    let parts: Vec<(f64, f64, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            Some((
+                number(l, "total_us=")?,
+                number(l, "call_us=")?,
+                number(l, "instantiate_us=")?,
+            ))
+        })
+        .collect();
     let name = prepared.example.name;
     report.add(
         "serving",
@@ -739,6 +760,36 @@ fn inside_runner(
         "instantiate",
         "ms",
         Ok(field("instantiate_us=", 1000.0)),
+    );
+    report.add(
+        "serving",
+        name,
+        "thaw, inside the runner",
+        "HTTP front",
+        "ms",
+        Ok(parts
+            .iter()
+            .map(|(total, call, _)| (total - call) / 1000.0)
+            .collect()),
+    );
+    report.add(
+        "serving",
+        name,
+        "thaw, inside the runner",
+        "guest run",
+        "ms",
+        Ok(parts
+            .iter()
+            .map(|(_, call, instantiate)| (call - instantiate) / 1000.0)
+            .collect()),
+    );
+    report.add(
+        "serving",
+        name,
+        "thaw, inside the runner",
+        "guest CPU",
+        "ms",
+        Ok(field("cpu_us=", 1000.0)),
     );
     // Absent (and reported as such) when the whole-region reset was chosen.
     report.add(

@@ -83,6 +83,10 @@ pub struct AccessRecord {
 pub struct Usage {
     /// Time to create the instance, when it was created.
     pub instantiate: Option<Duration>,
+    /// Time of the whole call (creating the instance and running the
+    /// guest), when it returned output; the rest of the request's time is
+    /// the HTTP front's.
+    pub call: Option<Duration>,
     /// CPU time and peak memory: what an operator bills from.
     pub metering: Metering,
 }
@@ -506,6 +510,7 @@ async fn handle(
         %method, path = %path_only(&path_and_query), status,
         total_us = total.as_micros() as u64,
         instantiate_us = usage.and_then(|u| u.instantiate).map(|d| d.as_micros() as u64),
+        call_us = usage.and_then(|u| u.call).map(|d| d.as_micros() as u64),
         cpu_us = usage.map(|u| u.metering.cpu.as_micros() as u64),
         memory_peak = usage.map(|u| u.metering.peak_memory),
         reset_bytes = usage.and_then(|u| u.metering.reset).map(|r| r.bytes),
@@ -637,6 +642,7 @@ async fn run(
         Ok(output) => {
             let usage = Usage {
                 instantiate: Some(output.instantiate),
+                call: Some(output.total),
                 metering,
             };
             (
@@ -647,6 +653,7 @@ async fn run(
         Err(e) => {
             let usage = Usage {
                 instantiate: None,
+                call: None,
                 metering,
             };
             (run_error(app, name, e), Some(usage))
