@@ -487,7 +487,8 @@ fn markdown(report: &Report) -> String {
     out.push_str(
         "\n## Cold start\n\nProcess start to the first complete response to the same request, \
          the artifact already on local disk. thaw: `thaw-runner` started on the stored snapshot \
-         artifact (its verified local cache warm), first HTTP response. CLI peers: one process \
+         artifact (its verified local cache warm: the artifact's identity recorded by an earlier \
+         runner, so it is not hashed again), first HTTP response. CLI peers: one process \
          per request, the request on stdin, the response on stdout (`--invoke thaw_handle`). \
          Native Go: the same handler built with `go build`, run as a CGI process.\n\n",
     );
