@@ -350,37 +350,44 @@ fn serving_tables(report: &Report) -> String {
                 s.p99 * 1000.0,
             );
             out.push_str("| part of a request | p50 | p99 |\n|---|---|---|\n");
-            // Times are recorded in ms and shown in µs; the reset in KiB.
+            // Times are recorded in ms and shown in µs; the reset in KiB;
+            // faults as counted.
             for (part, metric, scale, unit) in [
                 (
                     "HTTP front (routing, body, environment, parsing the answer)",
                     "HTTP front",
                     1000.0,
-                    "µs",
+                    " µs",
                 ),
                 (
                     "instantiation (a pooled slot, the snapshot's memory image)",
                     "instantiate",
                     1000.0,
-                    "µs",
+                    " µs",
                 ),
                 (
                     "guest run (WASI setup, runtime entry, handler)",
                     "guest run",
                     1000.0,
-                    "µs",
+                    " µs",
                 ),
                 (
                     "guest CPU (of the guest run, on the host's thread)",
                     "guest CPU",
                     1000.0,
-                    "µs",
+                    " µs",
+                ),
+                (
+                    "page faults (pages first touched in the slot; a warm slot takes none)",
+                    "page faults",
+                    1.0,
+                    "",
                 ),
                 (
                     "slot reset, after the answer: bytes copied back (pages the request wrote)",
                     "slot reset copies",
                     1.0,
-                    "KiB",
+                    " KiB",
                 ),
             ] {
                 if let Some(Measurement {
@@ -394,7 +401,7 @@ fn serving_tables(report: &Report) -> String {
                 ) {
                     let _ = writeln!(
                         out,
-                        "| {part} | {:.0} {unit} | {:.0} {unit} |",
+                        "| {part} | {:.0}{unit} | {:.0}{unit} |",
                         p.median * scale,
                         p.p99 * scale
                     );

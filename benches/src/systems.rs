@@ -797,6 +797,14 @@ fn inside_runner(
         "ms",
         Ok(field("cpu_us=", 1000.0)),
     );
+    report.add(
+        "serving",
+        name,
+        "thaw, inside the runner",
+        "page faults",
+        "faults",
+        Ok(field("page_faults=", 1.0)),
+    );
     // Absent (and reported as such) when the whole-region reset was chosen.
     report.add(
         "serving",

@@ -26,7 +26,7 @@ use crate::catalog::{Capacity, Catalog, Miss, Routed};
 use crate::metrics::{FunctionLabels, Metrics, RequestLabels};
 use crate::outbound::{OutboundRules, Policies};
 use crate::trace::{TRACEPARENT, TraceContext};
-use crate::{Function, Metering, Output, RunError, Runner, Source, Teardown, function_name};
+use crate::{Function, MeteredCall, Metering, Output, RunError, Runner, Source, function_name};
 
 /// Default [`RequestLimits::max_body`]: 10 MiB.
 pub const DEFAULT_MAX_BODY: usize = 10 << 20;
@@ -512,6 +512,7 @@ async fn handle(
         instantiate_us = usage.and_then(|u| u.instantiate).map(|d| d.as_micros() as u64),
         call_us = usage.and_then(|u| u.call).map(|d| d.as_micros() as u64),
         cpu_us = usage.map(|u| u.metering.cpu.as_micros() as u64),
+        page_faults = usage.and_then(|u| u.metering.page_faults),
         memory_peak = usage.map(|u| u.metering.peak_memory),
         reset_bytes = usage.and_then(|u| u.metering.reset).map(|r| r.bytes),
         outbound = usage.map(|u| u.metering.outbound.total()),
@@ -616,29 +617,29 @@ async fn run(
     // Off the request's path while cores are idle; inline under load,
     // where the teardown's CPU is spent either way.
     let busy = app.max_concurrency - app.slots.available_permits();
-    let teardown = if busy <= app.cores {
-        Teardown::Background
-    } else {
-        Teardown::Inline
-    };
     let outbound = app.outbound.of(name);
-    let call = function.call_metered(stdin, &env, outbound, teardown).await;
+    let MeteredCall {
+        result,
+        metering,
+        instance,
+    } = function.call_metered(stdin, &env, outbound).await;
     // The slot and the function's share are free once the instance is torn
-    // down: now, or after the answer goes out.
-    match call.retired {
-        None => drop((slot, share)),
-        Some(retired) => {
-            let retiring = app.retiring.clone();
-            retiring.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                let _ = retired.await;
-                drop((slot, share));
-                retiring.fetch_sub(1, Ordering::Relaxed);
-            });
-        }
+    // down: now, or after the answer goes out. One task for both: it waits
+    // in this worker's next-task slot, where a second spawn would push it
+    // out and wake another worker to steal it (measured, hello at c=1:
+    // 2.5 → 0.6 context switches per request, p50 204 → 182 µs).
+    if busy <= app.cores {
+        let retiring = app.retiring.clone();
+        retiring.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            drop(instance);
+            drop((slot, share));
+            retiring.fetch_sub(1, Ordering::Relaxed);
+        });
+    } else {
+        drop((instance, slot, share));
     }
-    let metering = call.metering;
-    match call.result {
+    match result {
         Ok(output) => {
             let usage = Usage {
                 instantiate: Some(output.instantiate),

@@ -358,7 +358,7 @@ impl Runner {
             manifest,
             pre,
             config: self.config.clone(),
-            dirty_pages: self.reset.dirty_pages.clone(),
+            dirty_pages: self.reset.dirty_pages.clone().map(reset::SlotScans::new),
             outbound: self.outbound.clone(),
         })
     }
@@ -473,7 +473,7 @@ pub struct Function {
     manifest: Manifest,
     pre: InstancePre<GuestState>,
     config: RunnerConfig,
-    dirty_pages: Option<Arc<reset::DirtyPages>>,
+    dirty_pages: Option<reset::SlotScans>,
     outbound: Arc<dyn Transport>,
 }
 
@@ -490,32 +490,26 @@ pub struct Output {
     pub total: Duration,
 }
 
-/// Where an instance is torn down. Resetting its pool slot copies back up
-/// to the keep-resident size of memory (8 MiB by default): about 4 ms the
-/// first time a slot holds a module, ~0.1 ms after.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Teardown {
-    /// Before the call returns: cheapest in CPU, so best under load.
-    Inline,
-    /// In a task of its own after the call returns, off the request's
-    /// path: best for latency while cores are free (measured: a cold first
-    /// request 5 → 1.5 ms). A tokio task on the same worker rather than a
-    /// blocking thread: with the dirty-page reset a teardown is short, and
-    /// the thread hand-off cost more than it (hello, c=1 p50 289–353 →
-    /// 234–243 µs). Under load teardown is inline: at c=32 on 2 cores any
-    /// hand-off cost throughput.
-    Background,
+/// A call's instance once it has stopped, not yet torn down. Dropping it
+/// tears it down: resetting its pool slot copies back up to the
+/// keep-resident size of memory (about 4 ms the first time a slot holds a
+/// module, ~0.1 ms after), on the thread that drops it. Drop it where
+/// that costs least: off the request's path while cores are idle
+/// (measured: a cold first request 5 → 1.5 ms), inline under load, where
+/// any hand-off costs throughput.
+pub struct SpentInstance {
+    /// Held only to be dropped.
+    _store: Store<GuestState>,
 }
 
-/// One call's outcome, what it used, and when its instance is gone.
+/// One call's outcome, what it used, and its instance to tear down.
 pub struct MeteredCall {
     /// The answer, or why there is none.
     pub result: Result<Output, RunError>,
     /// What the instance used.
     pub metering: Metering,
-    /// Completes once the instance is torn down and its pool slot free;
-    /// `None` when that happened before the call returned.
-    pub retired: Option<tokio::task::JoinHandle<()>>,
+    /// The instance; its pool slot is free again once this is dropped.
+    pub instance: SpentInstance,
 }
 
 /// What one call's instance used, whatever its outcome: what an operator
@@ -525,6 +519,10 @@ pub struct Metering {
     /// CPU time the call took on this host's threads: the guest's code and
     /// the host calls it made.
     pub cpu: Duration,
+    /// Page faults taken while the instance was created and ran, on the
+    /// threads that ran it: pages it touched for the first time in its
+    /// slot. `None` when the kernel does not count them.
+    pub page_faults: Option<u64>,
     /// The guest's largest linear memory, in bytes.
     pub peak_memory: u64,
     /// What resetting the instance's slot copies back, when slots are
@@ -534,14 +532,27 @@ pub struct Metering {
     pub outbound: OutboundTally,
 }
 
-/// A future that adds up the thread CPU time spent polling it: the time a
-/// guest runs, whichever worker thread polls it, without its waits.
-struct CpuTimed<F> {
+/// A future that adds up the thread CPU time spent polling it (the time a
+/// guest runs, whichever worker thread polls it, without its waits) and
+/// the page faults taken meanwhile.
+struct MeteredRun<F> {
     inner: std::pin::Pin<Box<F>>,
     spent: Duration,
+    /// `None` once the kernel failed to say.
+    faults: Option<u64>,
 }
 
-impl<F: Future> Future for CpuTimed<F> {
+impl<F> MeteredRun<F> {
+    fn new(inner: F) -> Self {
+        Self {
+            inner: Box::pin(inner),
+            spent: Duration::ZERO,
+            faults: Some(0),
+        }
+    }
+}
+
+impl<F: Future> Future for MeteredRun<F> {
     type Output = F::Output;
 
     fn poll(
@@ -549,10 +560,15 @@ impl<F: Future> Future for CpuTimed<F> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         let started = cpu_time::ThreadTime::try_now().ok();
+        let faults_before = reset::thread_page_faults();
         let polled = self.inner.as_mut().poll(cx);
         if let Some(elapsed) = started.and_then(|s| s.try_elapsed().ok()) {
             self.spent += elapsed;
         }
+        let taken = faults_before
+            .zip(reset::thread_page_faults())
+            .map(|(before, after)| after - before);
+        self.faults = self.faults.zip(taken).map(|(sum, taken)| sum + taken);
         polled
     }
 }
@@ -573,36 +589,25 @@ impl Function {
     /// Nothing survives the call.
     pub async fn call(&self, stdin: Vec<u8>, env: &[(String, String)]) -> Result<Output, RunError> {
         let deny_all = Arc::new(OutboundPolicy::default());
-        self.call_metered(stdin, env, &deny_all, Teardown::Inline)
-            .await
-            .result
+        self.call_metered(stdin, env, &deny_all).await.result
     }
 
     /// [`Function::call`], with outbound HTTP as `outbound` allows, and
     /// with what the instance used whatever the outcome (a request stopped
-    /// at its deadline used CPU too), its instance torn down as `teardown`
-    /// says. The instance's pool slot is free again once
-    /// [`MeteredCall::retired`] completes (at once when it is `None`);
-    /// hold whatever counts slots until then.
+    /// at its deadline used CPU too). The instance comes back to be torn
+    /// down where the caller likes; hold whatever counts pool slots until
+    /// it is dropped.
     pub async fn call_metered(
         &self,
         stdin: Vec<u8>,
         env: &[(String, String)],
         outbound: &Arc<OutboundPolicy>,
-        teardown: Teardown,
     ) -> MeteredCall {
         let (result, metering, store) = self.run_instance(stdin, env, outbound).await;
-        let retired = match teardown {
-            Teardown::Inline => {
-                drop(store);
-                None
-            }
-            Teardown::Background => Some(tokio::spawn(async move { drop(store) })),
-        };
         MeteredCall {
             result,
             metering,
-            retired,
+            instance: SpentInstance { _store: store },
         }
     }
 
@@ -637,27 +642,25 @@ impl Function {
         guest::set_deadline(&mut store, Some(deadline));
 
         let mut memory: Option<Memory> = None;
-        let mut run = CpuTimed {
-            inner: Box::pin(async {
-                let instance = self.pre.instantiate_async(&mut store).await?;
-                let instantiated = started.elapsed();
-                memory = instance.get_memory(&mut store, "memory");
-                let entry = instance.get_typed_func::<(), ()>(&mut store, &self.manifest.entry)?;
-                entry.call_async(&mut store, ()).await?;
-                Ok::<_, wasmtime::Error>(instantiated)
-            }),
-            spent: Duration::ZERO,
-        };
+        let mut run = MeteredRun::new(async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            let instantiated = started.elapsed();
+            memory = instance.get_memory(&mut store, "memory");
+            let entry = instance.get_typed_func::<(), ()>(&mut store, &self.manifest.entry)?;
+            entry.call_async(&mut store, ()).await?;
+            Ok::<_, wasmtime::Error>(instantiated)
+        });
         // A guest blocked in a host call (Go's time.Sleep waits in
         // poll_oneoff) runs no wasm, so no epoch check fires: bound the
         // whole call by the wall clock too.
         let finished = tokio::time::timeout(timeout + 2 * EPOCH_TICK, &mut run).await;
-        let cpu = run.spent;
+        let (cpu, page_faults) = (run.spent, run.faults);
         drop(run);
         let metering = Metering {
             cpu,
+            page_faults,
             peak_memory: store.data().peak_memory(),
-            reset: self.prepare_reset(&mut store, memory),
+            reset: self.prepare_reset(&mut store, memory, page_faults),
             outbound: store.data().outbound(),
         };
         let Ok(result) = finished else {
@@ -704,9 +707,14 @@ impl Function {
         &self,
         store: &mut Store<GuestState>,
         memory: Option<Memory>,
+        page_faults: Option<u64>,
     ) -> Option<ResetWork> {
         let (dirty_pages, memory) = (self.dirty_pages.as_ref()?, memory?);
-        match dirty_pages.prepare(memory.data_mut(store)) {
+        // Only a page fault makes a page private, so an instance that
+        // took none left its slot's private pages as the last scan found
+        // them (unknown counts as some).
+        let unchanged = page_faults == Some(0);
+        match dirty_pages.prepare(memory.data_mut(store), unchanged) {
             Ok(work) => Some(work),
             Err(e) => {
                 // The reset itself does not depend on this: it only costs

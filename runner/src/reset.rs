@@ -23,6 +23,14 @@
 //! everything else. A merged page stays private while its slot keeps the
 //! same module, so this costs a few faults once per slot, not per request.
 //!
+//! Scanning a slot's page tables costs about as much as the reset itself
+//! (it walks every present page of memory, written or not), and wasmtime
+//! scans them again for the reset. [`SlotScans`] skips the first scan when
+//! the instance took no page fault: only a fault makes a page private, so
+//! the slot's private pages are those its last scan found. A hello in a
+//! warm slot takes none. Skipping it never weakens the reset, which rests
+//! on wasmtime's own scan alone.
+//!
 //! The reset is only as good as the kernel's answer. A private page that
 //! was swapped out is not reported as present, and wasmtime 48 neither
 //! copies it back nor unmaps it, so the next instance could read what the
@@ -31,9 +39,10 @@
 //! otherwise it falls back to the whole region and says why in the log.
 //! Do not turn swap on under a running edge host.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// wasmtime 48 collects at most this many runs of dirty pages per reset.
 const WASMTIME_SCAN_RUNS: usize = 32;
@@ -194,6 +203,66 @@ impl DirtyPages {
     }
 }
 
+/// One function's [`DirtyPages`], with what each of its slots' last scan
+/// found, so that an instance whose slot cannot have changed is not
+/// scanned again.
+#[derive(Debug)]
+pub struct SlotScans {
+    pages: Arc<DirtyPages>,
+    /// By the address of the slot's linear memory. At most one entry per
+    /// pool slot; another function's use of a slot in between maps the
+    /// slot afresh, which the next instance of this one faults on.
+    last: Mutex<HashMap<usize, ResetWork>>,
+}
+
+impl SlotScans {
+    /// Nothing scanned yet.
+    pub fn new(pages: Arc<DirtyPages>) -> Self {
+        Self {
+            pages,
+            last: Mutex::default(),
+        }
+    }
+
+    /// [`DirtyPages::prepare`], unless `unchanged` says that the instance
+    /// made no page private (it took no page fault) and this slot was
+    /// scanned before: then what that scan found, with nothing merged now.
+    pub fn prepare(&self, memory: &mut [u8], unchanged: bool) -> std::io::Result<ResetWork> {
+        let slot = memory.as_ptr() as usize;
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let (true, Some(found)) = (unchanged, last.get(&slot)) {
+            return Ok(ResetWork {
+                merged_pages: 0,
+                ..*found
+            });
+        }
+        // Dropped while scanning: other slots' instances end meanwhile.
+        drop(last);
+        let work = self.pages.prepare(memory)?;
+        last = self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        last.insert(slot, work);
+        Ok(work)
+    }
+}
+
+/// Page faults the calling thread has taken so far, minor and major;
+/// `None` when the kernel does not say.
+pub fn thread_page_faults() -> Option<u64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: `getrusage` fills the whole struct when it returns 0, and
+    // only then is it read.
+    let usage = unsafe {
+        (libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) == 0).then(|| usage.assume_init())
+    }?;
+    Some(usage.ru_minflt as u64 + usage.ru_majflt as u64)
+}
+
 /// The gaps between `runs` (sorted, disjoint page ranges) to fill so that
 /// at most [`MERGE_DOWN_TO_RUNS`] remain, smallest first, without growing
 /// the `private` pages past `budget`. Nothing while there are at most
@@ -344,40 +413,108 @@ mod tests {
         assert_eq!(filled.len(), 3, "only three 10-page gaps fit in 35 pages");
     }
 
+    /// A fresh private anonymous mapping of our own (a heap buffer could
+    /// hold pages an earlier test wrote): untouched pages are absent, and
+    /// written ones are private.
+    struct Mapping {
+        base: *mut libc::c_void,
+        len: usize,
+    }
+
+    impl Mapping {
+        fn new(pages: usize) -> Self {
+            let len = pages * PAGE_SIZE as usize;
+            // SAFETY: a new private anonymous mapping; no existing memory
+            // is affected.
+            let base = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(base, libc::MAP_FAILED);
+            Self { base, len }
+        }
+
+        fn memory(&mut self) -> &mut [u8] {
+            // SAFETY: the mapping is `len` bytes, readable and writable,
+            // and lives as long as `self`, which this borrow holds.
+            unsafe { std::slice::from_raw_parts_mut(self.base.cast::<u8>(), self.len) }
+        }
+
+        fn write_pages(&mut self, pages: impl Iterator<Item = usize>) {
+            let memory = self.memory();
+            for page in pages {
+                // Volatile, so that rewriting a page is not optimised away.
+                // SAFETY: inside the mapping (indexing checks it).
+                unsafe { std::ptr::write_volatile(&mut memory[page * PAGE_SIZE as usize], 1) };
+            }
+        }
+    }
+
+    impl Drop for Mapping {
+        fn drop(&mut self) {
+            // SAFETY: nothing borrows the mapping once its owner drops.
+            assert_eq!(unsafe { libc::munmap(self.base, self.len) }, 0);
+        }
+    }
+
     #[test]
     fn a_scan_finds_the_pages_written_in_a_fresh_mapping() {
         let pages = DirtyPages::open(1 << 30).expect("PAGEMAP_SCAN needs Linux 6.7 or later");
-        // A fresh anonymous mapping of our own (a heap buffer could hold
-        // pages an earlier test wrote): untouched pages are absent, and
-        // written ones are private.
-        let len = 64 * PAGE_SIZE as usize;
-        // SAFETY: a new private anonymous mapping; no existing memory is
-        // affected.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(base, libc::MAP_FAILED);
-        // SAFETY: the mapping is `len` bytes, readable and writable, and
-        // only this slice refers to it until it is unmapped below.
-        let memory = unsafe { std::slice::from_raw_parts_mut(base.cast::<u8>(), len) };
-        for page in (0..64).step_by(2) {
-            memory[page * PAGE_SIZE as usize] = 1;
-        }
-        let work = pages.prepare(memory).unwrap();
+        let mut mapping = Mapping::new(64);
+        mapping.write_pages((0..64).step_by(2));
+        let work = pages.prepare(mapping.memory()).unwrap();
         assert_eq!(work.runs, MERGE_DOWN_TO_RUNS);
         assert_eq!(work.merged_pages, 32 - MERGE_DOWN_TO_RUNS as u64);
         assert_eq!(work.bytes, (32 + work.merged_pages) * PAGE_SIZE);
-        let after = pages.prepare(memory).unwrap();
+        let after = pages.prepare(mapping.memory()).unwrap();
         assert_eq!(after.merged_pages, 0, "merged pages stay private");
         assert_eq!(after.bytes, work.bytes);
-        // SAFETY: `memory` is not used past this point.
-        assert_eq!(unsafe { libc::munmap(base, len) }, 0);
+    }
+
+    #[test]
+    fn only_a_page_fault_makes_a_page_private() {
+        // What lets `SlotScans` skip a scan: rewriting private pages takes
+        // no fault, and making a new page private takes one.
+        let mut mapping = Mapping::new(16);
+        let before = thread_page_faults().expect("the kernel counts page faults");
+        mapping.write_pages(0..8);
+        let first_touch = thread_page_faults().unwrap() - before;
+        assert!(first_touch >= 8, "{first_touch} faults for 8 new pages");
+        let before = thread_page_faults().unwrap();
+        mapping.write_pages(0..8);
+        assert_eq!(thread_page_faults().unwrap() - before, 0);
+        mapping.write_pages(8..9);
+        assert!(thread_page_faults().unwrap() - before >= 1);
+    }
+
+    #[test]
+    fn a_slot_is_scanned_again_only_after_a_fault() {
+        let scans = SlotScans::new(Arc::new(DirtyPages::open(1 << 30).unwrap()));
+        let mut mapping = Mapping::new(64);
+        mapping.write_pages(0..4);
+        // Never scanned: scanned whatever the instance says.
+        let first = scans.prepare(mapping.memory(), true).unwrap();
+        assert_eq!(first.bytes, 4 * PAGE_SIZE);
+        // Four more private pages, but reported as unchanged: the scan is
+        // skipped, so it still says four. (An instance never lies here:
+        // these pages took faults.)
+        mapping.write_pages(10..14);
+        assert_eq!(scans.prepare(mapping.memory(), true).unwrap(), first);
+        let rescanned = scans.prepare(mapping.memory(), false).unwrap();
+        assert_eq!(rescanned.bytes, 8 * PAGE_SIZE);
+        assert_eq!(rescanned.runs, 2);
+        // Another slot of the same function has a scan of its own.
+        let mut other = Mapping::new(8);
+        other.write_pages(0..1);
+        assert_eq!(
+            scans.prepare(other.memory(), true).unwrap().bytes,
+            PAGE_SIZE
+        );
     }
 }

@@ -66,8 +66,9 @@ func registeredHandler() http.Handler {
 }
 
 // preSnapshot runs the registered warm-up functions in order, then collects
-// garbage so that restored instances start with a fresh GC budget. It runs at
-// most once. Panics propagate to the caller on purpose.
+// garbage so that restored instances start with a fresh GC budget, and
+// primes the request path after that collection. It runs at most once.
+// Panics propagate to the caller on purpose.
 func preSnapshot() {
 	mu.Lock()
 	if warmedUp {
@@ -85,4 +86,5 @@ func preSnapshot() {
 	// The warm-up closures are no longer referenced (warmups was cleared
 	// above), so whatever only they kept alive is freed here too.
 	runtime.GC()
+	primeServePath()
 }

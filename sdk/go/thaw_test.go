@@ -319,3 +319,12 @@ func TestWarmupPanicPropagates(t *testing.T) {
 	preSnapshot()
 	t.Fatal("preSnapshot returned after a panicking warm-up")
 }
+
+func TestPreSnapshotPrimesWithoutCallingTheFunctionsHandler(t *testing.T) {
+	resetRegistry(t)
+	HandleFunc(func(http.ResponseWriter, *http.Request) {
+		t.Error("the function's handler ran at snapshot time")
+	})
+	Warmup(func() {})
+	preSnapshot()
+}
