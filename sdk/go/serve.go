@@ -176,20 +176,41 @@ func (rw *responseWriter) writeTo(out io.Writer, req *http.Request) error {
 		text = "status code " + strconv.Itoa(code)
 	}
 
-	bw := bufio.NewWriterSize(out, 4096)
-	fmt.Fprintf(bw, "HTTP/1.1 %03d %s\r\n", code, text)
-	if err := h.Write(bw); err != nil {
+	// The head, and a small body after it, go out in one write (one host
+	// call). code has three digits: WriteHeader refuses any other.
+	var msg bytes.Buffer
+	msg.Grow(512)
+	msg.WriteString("HTTP/1.1 ")
+	msg.WriteString(strconv.Itoa(code))
+	msg.WriteByte(' ')
+	msg.WriteString(text)
+	msg.WriteString("\r\n")
+	if err := h.Write(&msg); err != nil {
 		return err
 	}
-	bw.WriteString("\r\n")
+	msg.WriteString("\r\n")
+	var body []byte
 	if bodyAllowed(code) && !(req != nil && req.Method == http.MethodHead) {
-		bw.Write(rw.body.Bytes())
+		body = rw.body.Bytes()
 	}
-	if err := bw.Flush(); err != nil {
+	if len(body) <= smallBody {
+		msg.Write(body)
+		body = nil
+	}
+	if _, err := out.Write(msg.Bytes()); err != nil {
 		return fmt.Errorf("thaw: writing response: %w", err)
+	}
+	if len(body) > 0 {
+		if _, err := out.Write(body); err != nil {
+			return fmt.Errorf("thaw: writing response: %w", err)
+		}
 	}
 	return nil
 }
+
+// smallBody is the largest body that writeTo copies after the head rather
+// than writing on its own.
+const smallBody = 4096
 
 // primeServePath serves one canned request, with a handler of its own and
 // never the function's, and discards the response. Run just before the

@@ -328,3 +328,41 @@ func TestPreSnapshotPrimesWithoutCallingTheFunctionsHandler(t *testing.T) {
 	Warmup(func() {})
 	preSnapshot()
 }
+
+// countingWriter records the size of each Write, as the host sees them.
+type countingWriter struct {
+	bytes.Buffer
+	writes []int
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	w.writes = append(w.writes, len(p))
+	return w.Buffer.Write(p)
+}
+
+func TestSmallResponseIsOneWriteAndLargeBodyFollowsTheHead(t *testing.T) {
+	for _, size := range []int{0, 1, smallBody, smallBody + 1, 1 << 20} {
+		want := strings.Repeat("x", size)
+		h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, want)
+		})
+		var out countingWriter
+		if err := serveOnce(strings.NewReader("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), &out, h); err != nil {
+			t.Fatalf("size %d: serveOnce: %v", size, err)
+		}
+		if size <= smallBody && len(out.writes) != 1 {
+			t.Errorf("size %d: %d writes, want 1", size, len(out.writes))
+		}
+		if size > smallBody && (len(out.writes) != 2 || out.writes[1] != size) {
+			t.Errorf("size %d: writes %v, want the head then the body", size, out.writes)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(&out.Buffer), nil)
+		if err != nil {
+			t.Fatalf("size %d: response does not parse: %v", size, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || string(body) != want || resp.ContentLength != int64(size) {
+			t.Errorf("size %d: status %d, %d-byte body, Content-Length %d", size, resp.StatusCode, len(body), resp.ContentLength)
+		}
+	}
+}
