@@ -229,24 +229,15 @@ impl SlotScans {
     /// scanned before: then what that scan found, with nothing merged now.
     pub fn prepare(&self, memory: &mut [u8], unchanged: bool) -> std::io::Result<ResetWork> {
         let slot = memory.as_ptr() as usize;
-        let mut last = self
-            .last
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let (true, Some(found)) = (unchanged, last.get(&slot)) {
+        if unchanged && let Some(found) = self.last.lock().unwrap().get(&slot).copied() {
             return Ok(ResetWork {
                 merged_pages: 0,
-                ..*found
+                ..found
             });
         }
-        // Dropped while scanning: other slots' instances end meanwhile.
-        drop(last);
+        // Not locked while scanning: other slots' instances end meanwhile.
         let work = self.pages.prepare(memory)?;
-        last = self
-            .last
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        last.insert(slot, work);
+        self.last.lock().unwrap().insert(slot, work);
         Ok(work)
     }
 }
