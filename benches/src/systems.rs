@@ -354,6 +354,7 @@ fn free_address() -> SocketAddr {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Server {
     Thaw,
+    ThawTextAbi,
     ThawWholeRegion,
     ThawOnDemand,
     ThawCommand,
@@ -364,6 +365,7 @@ impl Server {
     fn label(self) -> &'static str {
         match self {
             Server::Thaw => "thaw",
+            Server::ThawTextAbi => "thaw, HTTP/1.1 text ABI",
             Server::ThawWholeRegion => "thaw, whole-region slot reset",
             Server::ThawOnDemand => "thaw, on-demand allocator",
             Server::ThawCommand => "thaw, command module (init per request)",
@@ -391,6 +393,10 @@ impl Server {
                     Server::ThawWholeRegion => "whole-region",
                     _ => "auto",
                 };
+                let request_abi = match self {
+                    Server::ThawTextAbi => "text",
+                    _ => "compact",
+                };
                 let mut command = Command::new(&tools.runner);
                 command
                     .arg(reference)
@@ -401,6 +407,7 @@ impl Server {
                     .args(["--listen", &address.to_string()])
                     .args(["--instance-allocator", allocator, "--max-instances", "256"])
                     .args(["--slot-reset", slot_reset])
+                    .args(["--request-abi", request_abi])
                     .env("THAW_LOG", "warn");
                 command
             }
@@ -636,6 +643,7 @@ pub fn warm_serving(tools: &Tools, prepared: &Prepared, seconds: u64, report: &m
     let name = prepared.example.name;
     for server in [
         Server::Thaw,
+        Server::ThawTextAbi,
         Server::ThawWholeRegion,
         Server::ThawOnDemand,
         Server::ThawCommand,

@@ -16,6 +16,15 @@ pub const SDK_FILES: &[(&str, &str)] = &[
     ("go.mod", include_str!("../../sdk/go/go.mod")),
     ("abi_wasip1.go", include_str!("../../sdk/go/abi_wasip1.go")),
     ("doc.go", include_str!("../../sdk/go/doc.go")),
+    (
+        "environ_other.go",
+        include_str!("../../sdk/go/environ_other.go"),
+    ),
+    (
+        "environ_wasip1.go",
+        include_str!("../../sdk/go/environ_wasip1.go"),
+    ),
+    ("frame.go", include_str!("../../sdk/go/frame.go")),
     ("main.go", include_str!("../../sdk/go/main.go")),
     ("outbound.go", include_str!("../../sdk/go/outbound.go")),
     (

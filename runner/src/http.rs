@@ -17,7 +17,10 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use thaw_core::abi::{GuestResponse, parse_cgi_response, parse_http1_response};
+use thaw_core::abi::{
+    FrameRequest, GuestResponse, encode_request_frame, parse_cgi_response, parse_compact_response,
+    parse_http1_response,
+};
 use thaw_core::{ModuleKind, Reference};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
@@ -26,7 +29,9 @@ use crate::catalog::{Capacity, Catalog, Miss, Routed};
 use crate::metrics::{FunctionLabels, Metrics, RequestLabels};
 use crate::outbound::{OutboundRules, Policies};
 use crate::trace::{TRACEPARENT, TraceContext};
-use crate::{Function, MeteredCall, Metering, Output, RunError, Runner, Source, function_name};
+use crate::{
+    Function, Invocation, MeteredCall, Metering, Output, RunError, Runner, Source, function_name,
+};
 
 /// Default [`RequestLimits::max_body`]: 10 MiB.
 pub const DEFAULT_MAX_BODY: usize = 10 << 20;
@@ -595,23 +600,38 @@ async fn run(
     env.push(("THAW_FUNCTION".into(), name.to_string()));
     env.push(("THAW_REQUEST_ID".into(), request_id.to_string()));
     env.push(("THAW_REMOTE_ADDR".into(), remote.to_string()));
-    let stdin = match function.kind() {
-        ModuleKind::Reactor => {
-            http1_request(parts.method.as_str(), guest_path, &parts.headers, &body)
+    let method = parts.method.as_str();
+    let wire = Wire::of(function);
+    let (invocation, env) = match wire {
+        Wire::Compact => {
+            // The frame carries the environment, so WASI's stays empty.
+            let env = last_value_wins(env);
+            let headers: Vec<(&str, &[u8])> = parts
+                .headers
+                .iter()
+                .filter(|(name, _)| !HOP_BY_HOP.contains(&name.as_str()))
+                .map(|(name, value)| (name.as_str(), value.as_bytes()))
+                .collect();
+            let request = FrameRequest {
+                method,
+                target: guest_path,
+                remote_addr: &remote.to_string(),
+                env: &env,
+                body: &body,
+            };
+            let frame = encode_request_frame(request, &headers);
+            (Invocation::Compact(frame), Vec::new())
         }
-        ModuleKind::Command => {
-            env.extend(cgi_env(
-                parts.method.as_str(),
-                guest_path,
-                &parts.headers,
-                &body,
-                remote,
-            ));
-            body.to_vec()
+        Wire::Http1 => {
+            let text = http1_request(method, guest_path, &parts.headers, &body);
+            (Invocation::Entry(text), last_value_wins(env))
+        }
+        Wire::Cgi => {
+            env.extend(cgi_env(method, guest_path, &parts.headers, &body, remote));
+            (Invocation::Entry(body.to_vec()), last_value_wins(env))
         }
     };
 
-    let env = last_value_wins(env);
     // A guard, because hyper drops this future when the client goes away.
     let _in_flight = InFlight::enter(&app.metrics);
     // Off the request's path while cores are idle; inline under load,
@@ -622,7 +642,7 @@ async fn run(
         result,
         metering,
         instance,
-    } = function.call_metered(stdin, &env, outbound).await;
+    } = function.call_metered(invocation, &env, outbound).await;
     // The slot and the function's share are free once the instance is torn
     // down: now, or after the answer goes out. One task for both: it waits
     // in this worker's next-task slot, where a second spawn would push it
@@ -647,7 +667,7 @@ async fn run(
                 metering,
             };
             (
-                guest_response(app, name, function, parts.method.as_str(), output),
+                guest_response(app, name, function, wire, method, output),
                 Some(usage),
             )
         }
@@ -763,6 +783,7 @@ fn guest_response(
     app: &App,
     name: &str,
     function: &Function,
+    wire: Wire,
     method: &str,
     output: Output,
 ) -> Response {
@@ -779,9 +800,10 @@ fn guest_response(
             ),
         );
     }
-    let parsed = match function.kind() {
-        ModuleKind::Reactor => parse_http1_response(&output.stdout, method),
-        ModuleKind::Command => parse_cgi_response(&output.stdout),
+    let parsed = match wire {
+        Wire::Http1 => parse_http1_response(&output.stdout, method),
+        Wire::Compact => parse_compact_response(&output.stdout, method),
+        Wire::Cgi => parse_cgi_response(&output.stdout),
     };
     match parsed.map_err(|e| e.to_string()).and_then(into_response) {
         Ok(response) => response,
@@ -791,6 +813,28 @@ fn guest_response(
                 StatusCode::BAD_GATEWAY,
                 &format!("function sent a malformed response: {reason}"),
             )
+        }
+    }
+}
+
+/// The form a request and its response take between the front and a
+/// guest ([docs/abi.md](../../docs/abi.md)).
+#[derive(Clone, Copy, Debug)]
+enum Wire {
+    /// HTTP/1.1 text, for SDK functions without the compact entry point.
+    Http1,
+    /// Request and response frames (`thaw_handle_compact`).
+    Compact,
+    /// CGI/1.1, for command modules.
+    Cgi,
+}
+
+impl Wire {
+    fn of(function: &Function) -> Self {
+        match function.kind() {
+            ModuleKind::Command => Wire::Cgi,
+            ModuleKind::Reactor if function.speaks_compact() => Wire::Compact,
+            ModuleKind::Reactor => Wire::Http1,
         }
     }
 }

@@ -46,6 +46,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use thaw_core::abi::COMPACT_HANDLE_EXPORT;
 use thaw_core::error::BoxError;
 use thaw_core::target::host_triple;
 use thaw_core::{Artifact, Digest, Manifest, ModuleKind, Reference};
@@ -159,6 +160,21 @@ pub struct RunnerConfig {
     /// Hash every cached artifact at every load, rather than trusting a
     /// file verified before whose identity is unchanged.
     pub verify_on_load: bool,
+    /// How the HTTP front hands requests to SDK functions.
+    pub request_abi: RequestAbi,
+}
+
+/// How requests reach an SDK function (`docs/abi.md`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum RequestAbi {
+    /// Length-prefixed fields in and out (`thaw_handle_compact`), for
+    /// functions whose SDK has them; HTTP/1.1 text for the others.
+    #[default]
+    Compact,
+    /// HTTP/1.1 text in and out (`thaw_handle`) for every function: what
+    /// hosts did before the compact entry point, kept to measure it.
+    Text,
 }
 
 /// How instances get their memory and tables.
@@ -201,6 +217,7 @@ impl RunnerConfig {
             max_stderr: DEFAULT_MAX_STDERR,
             keep_resident: DEFAULT_KEEP_RESIDENT,
             slot_reset: SlotReset::Auto,
+            request_abi: RequestAbi::Compact,
             allocator: Allocator::Pooling,
             verify_on_load: false,
         }
@@ -353,10 +370,17 @@ impl Runner {
         let module =
             unsafe { Module::deserialize_open_file(&self.engine, file) }.map_err(incompatible)?;
         let pre = self.linker.instantiate_pre(&module).map_err(incompatible)?;
+        let compact = self.config.request_abi == RequestAbi::Compact
+            && manifest.kind == ModuleKind::Reactor
+            && matches!(
+                module.get_export(COMPACT_HANDLE_EXPORT),
+                Some(wasmtime::ExternType::Func(f)) if f.params().len() == 0 && f.results().len() == 0
+            );
         Ok(Function {
             manifest_digest: digest,
             manifest,
             pre,
+            compact,
             config: self.config.clone(),
             dirty_pages: self.reset.dirty_pages.clone().map(reset::SlotScans::new),
             outbound: self.outbound.clone(),
@@ -472,6 +496,8 @@ pub struct Function {
     manifest_digest: Digest,
     manifest: Manifest,
     pre: InstancePre<GuestState>,
+    /// Whether requests take the compact entry point.
+    compact: bool,
     config: RunnerConfig,
     dirty_pages: Option<reset::SlotScans>,
     outbound: Arc<dyn Transport>,
@@ -488,6 +514,19 @@ pub struct Output {
     pub instantiate: Duration,
     /// Total time of the call.
     pub total: Duration,
+}
+
+/// What a call hands the guest, and so which of its exports runs.
+#[derive(Debug)]
+pub enum Invocation {
+    /// The manifest's entry, with this stdin: HTTP/1.1 text for an SDK
+    /// function (`thaw_handle`), the request body for a CGI command.
+    Entry(Vec<u8>),
+    /// The SDK's compact entry (`thaw_handle_compact`), with a request
+    /// frame ([`thaw_core::abi::encode_request_frame`]) as stdin; stdout
+    /// is then a response frame. Only for a function that
+    /// [`Function::speaks_compact`].
+    Compact(Vec<u8>),
 }
 
 /// A call's instance once it has stopped, not yet torn down. Dropping it
@@ -589,7 +628,16 @@ impl Function {
     /// Nothing survives the call.
     pub async fn call(&self, stdin: Vec<u8>, env: &[(String, String)]) -> Result<Output, RunError> {
         let deny_all = Arc::new(OutboundPolicy::default());
-        self.call_metered(stdin, env, &deny_all).await.result
+        self.call_metered(Invocation::Entry(stdin), env, &deny_all)
+            .await
+            .result
+    }
+
+    /// Whether requests should take the compact entry point
+    /// ([`Invocation::Compact`]): the function has it, and the runner's
+    /// [`RunnerConfig::request_abi`] allows it.
+    pub fn speaks_compact(&self) -> bool {
+        self.compact
     }
 
     /// [`Function::call`], with outbound HTTP as `outbound` allows, and
@@ -599,11 +647,11 @@ impl Function {
     /// it is dropped.
     pub async fn call_metered(
         &self,
-        stdin: Vec<u8>,
+        invocation: Invocation,
         env: &[(String, String)],
         outbound: &Arc<OutboundPolicy>,
     ) -> MeteredCall {
-        let (result, metering, store) = self.run_instance(stdin, env, outbound).await;
+        let (result, metering, store) = self.run_instance(invocation, env, outbound).await;
         MeteredCall {
             result,
             metering,
@@ -615,11 +663,15 @@ impl Function {
     /// to drop where it likes.
     async fn run_instance(
         &self,
-        stdin: Vec<u8>,
+        invocation: Invocation,
         env: &[(String, String)],
         outbound: &Arc<OutboundPolicy>,
     ) -> (Result<Output, RunError>, Metering, Store<GuestState>) {
         let started = Instant::now();
+        let (export, stdin) = match invocation {
+            Invocation::Entry(stdin) => (&*self.manifest.entry, stdin),
+            Invocation::Compact(frame) => (COMPACT_HANDLE_EXPORT, frame),
+        };
         // One byte over the cap, so that a response of exactly the cap is
         // told apart from a truncated one.
         let stdout = MemoryOutputPipe::new(self.config.max_stdout + 1);
@@ -646,7 +698,7 @@ impl Function {
             let instance = self.pre.instantiate_async(&mut store).await?;
             let instantiated = started.elapsed();
             memory = instance.get_memory(&mut store, "memory");
-            let entry = instance.get_typed_func::<(), ()>(&mut store, &self.manifest.entry)?;
+            let entry = instance.get_typed_func::<(), ()>(&mut store, export)?;
             entry.call_async(&mut store, ()).await?;
             Ok::<_, wasmtime::Error>(instantiated)
         });

@@ -22,7 +22,7 @@ use crate::http::{App, DEFAULT_MAX_BODY, FunctionEnv, LoadAppError, RequestLimit
 use crate::outbound::OutboundRules;
 use crate::{
     Allocator, DEFAULT_KEEP_RESIDENT, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_MEMORY,
-    DEFAULT_MAX_STDERR, DEFAULT_MAX_STDOUT, Runner, RunnerConfig, SlotReset, Source,
+    DEFAULT_MAX_STDERR, DEFAULT_MAX_STDOUT, RequestAbi, Runner, RunnerConfig, SlotReset, Source,
 };
 
 /// Default `--listen`.
@@ -66,6 +66,11 @@ pub struct ServeOptions {
     /// `whole-region` the whole kept region, `auto` the first available.
     #[arg(long, env = "THAW_SLOT_RESET", value_enum, default_value_t = SlotReset::Auto)]
     pub slot_reset: SlotReset,
+    /// How requests reach SDK functions: `compact` (length-prefixed fields,
+    /// for functions whose SDK has them; text for older ones) or `text`
+    /// (HTTP/1.1 for every function; kept to measure the difference).
+    #[arg(long, env = "THAW_REQUEST_ABI", value_enum, default_value_t = RequestAbi::Compact)]
+    pub request_abi: RequestAbi,
     /// How instances get memory: `pooling` (preallocated slots with
     /// copy-on-write images) or `on-demand` (slower; for comparison).
     #[arg(long, env = "THAW_INSTANCE_ALLOCATOR", value_enum, default_value_t = Allocator::Pooling)]
@@ -147,6 +152,7 @@ impl ServeOptions {
             slot_reset: self.slot_reset,
             allocator: self.instance_allocator,
             verify_on_load: self.verify_on_load,
+            request_abi: self.request_abi,
         })
     }
 

@@ -31,6 +31,18 @@ func thawHandle() {
 	}
 }
 
+// thawHandleCompact serves exactly one request in the compact ABI: stdin
+// holds a request frame, which also carries the environment, and stdout
+// receives a response frame.
+//
+//go:wasmexport thaw_handle_compact
+func thawHandleCompact() {
+	reseedRuntime()
+	if err := serveFrame(os.Stdin, os.Stdout, registeredHandler()); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+	}
+}
+
 // thawPreSnapshot is called once by the snapshotter after _initialize, just
 // before memory is captured.
 //

@@ -12,6 +12,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // noHandlerMessage is the body of the 500 response sent when the module never
@@ -32,19 +33,25 @@ var logOutput io.Writer = os.Stderr
 // HTTP error response.
 func serveOnce(in io.Reader, out io.Writer, h http.Handler) error {
 	req, err := http.ReadRequest(bufio.NewReader(in))
-	var rw *responseWriter
-	switch {
-	case err != nil:
-		rw = plainResponse(http.StatusBadRequest, "thaw: bad request: "+err.Error()+"\n")
-	case h == nil:
-		rw = plainResponse(http.StatusInternalServerError, noHandlerMessage)
-	default:
+	if err == nil {
 		if addr := os.Getenv(remoteAddrEnv); addr != "" {
 			req.RemoteAddr = addr
 		}
-		rw = runHandler(h, req)
 	}
-	return rw.writeTo(out, req)
+	return respond(req, err, h).writeTo(out, req)
+}
+
+// respond serves req with h, or answers why it cannot: 400 when the
+// request could not be read (err), 500 when no handler is registered.
+func respond(req *http.Request, err error, h http.Handler) *responseWriter {
+	switch {
+	case err != nil:
+		return plainResponse(http.StatusBadRequest, "thaw: bad request: "+err.Error()+"\n")
+	case h == nil:
+		return plainResponse(http.StatusInternalServerError, noHandlerMessage)
+	default:
+		return runHandler(h, req)
+	}
 }
 
 // runHandler calls h and turns a panic into a 500 response.
@@ -153,9 +160,9 @@ func bodyAllowed(code int) bool {
 	return code >= 200 && code != http.StatusNoContent && code != http.StatusNotModified
 }
 
-// writeTo writes the buffered response as one HTTP/1.1 message. req may be
-// nil (the request could not be parsed).
-func (rw *responseWriter) writeTo(out io.Writer, req *http.Request) error {
+// finish settles what goes out: the status, the headers as sent and the
+// body. req may be nil (the request could not be read).
+func (rw *responseWriter) finish(req *http.Request) (int, http.Header, []byte) {
 	code, h := rw.status, rw.sent
 	if code == 0 {
 		// The handler neither wrote nor called WriteHeader.
@@ -170,14 +177,22 @@ func (rw *responseWriter) writeTo(out io.Writer, req *http.Request) error {
 		}
 		h.Set("Content-Length", strconv.FormatInt(rw.written, 10))
 	}
+	var body []byte
+	if bodyAllowed(code) && !(req != nil && req.Method == http.MethodHead) {
+		body = rw.body.Bytes()
+	}
+	return code, h, body
+}
 
+// writeTo writes the buffered response as one HTTP/1.1 message. req may be
+// nil (the request could not be read).
+func (rw *responseWriter) writeTo(out io.Writer, req *http.Request) error {
+	code, h, body := rw.finish(req)
 	text := http.StatusText(code)
 	if text == "" {
 		text = "status code " + strconv.Itoa(code)
 	}
-
-	// The head, and a small body after it, go out in one write (one host
-	// call). code has three digits: WriteHeader refuses any other.
+	// code has three digits: WriteHeader refuses any other.
 	var msg bytes.Buffer
 	msg.Grow(512)
 	msg.WriteString("HTTP/1.1 ")
@@ -189,15 +204,17 @@ func (rw *responseWriter) writeTo(out io.Writer, req *http.Request) error {
 		return err
 	}
 	msg.WriteString("\r\n")
-	var body []byte
-	if bodyAllowed(code) && !(req != nil && req.Method == http.MethodHead) {
-		body = rw.body.Bytes()
-	}
+	return writeMessage(out, &msg, body)
+}
+
+// writeMessage writes a response's head and then its body, the two in one
+// write (one host call) when the body is small.
+func writeMessage(out io.Writer, head *bytes.Buffer, body []byte) error {
 	if len(body) <= smallBody {
-		msg.Write(body)
+		head.Write(body)
 		body = nil
 	}
-	if _, err := out.Write(msg.Bytes()); err != nil {
+	if _, err := out.Write(head.Bytes()); err != nil {
 		return fmt.Errorf("thaw: writing response: %w", err)
 	}
 	if len(body) > 0 {
@@ -212,20 +229,29 @@ func (rw *responseWriter) writeTo(out io.Writer, req *http.Request) error {
 // than writing on its own.
 const smallBody = 4096
 
-// primeServePath serves one canned request, with a handler of its own and
-// never the function's, and discards the response. Run just before the
-// snapshot, it leaves in memory what every restored instance would
-// otherwise build during its one request: net/textproto's table of common
-// header names (built on first use), and a span per size class the request
-// path allocates from (garbage collection released them).
+// primeServePath serves one canned request through each entry point, with
+// a handler of its own and never the function's, and discards the
+// responses. Run just before the snapshot, it leaves in memory what every
+// restored instance would otherwise build during its one request:
+// net/textproto's table of common header names (built on first use), and a
+// span per size class the request path allocates from (garbage collection
+// released them).
 func primeServePath() {
-	const canned = "GET /thaw/prime HTTP/1.1\r\nHost: prime\r\nUser-Agent: thaw\r\nAccept: */*\r\n\r\n"
 	prime := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-store")
 		io.WriteString(w, r.URL.Path)
 	})
-	if err := serveOnce(strings.NewReader(canned), io.Discard, prime); err != nil {
-		panic("thaw: priming the request path: " + err.Error())
+	const text = "GET /thaw/prime HTTP/1.1\r\nHost: prime\r\nUser-Agent: thaw\r\nAccept: */*\r\n\r\n"
+	var frame bytes.Buffer
+	appendRequestFrame(&frame, "GET", "/thaw/prime", "", nil,
+		[][2]string{{"Host", "prime"}, {"User-Agent", "thaw"}, {"Accept", "*/*"}}, nil)
+	for _, err := range []error{
+		serveOnce(strings.NewReader(text), io.Discard, prime),
+		serveFrame(&frame, io.Discard, prime),
+	} {
+		if err != nil {
+			panic("thaw: priming the request path: " + err.Error())
+		}
 	}
 }
 
@@ -248,22 +274,28 @@ func parseEnviron(buf []byte, count int) []string {
 }
 
 // replaceEnviron makes env the whole process environment. Entries without
-// "=" or with an empty key are skipped.
+// "=", with an empty key or with a NUL byte are skipped; of two entries
+// with one key, the later wins.
 func replaceEnviron(env []string) error {
-	// A fresh instance starts with none (thawPreSnapshot clears it), and
-	// clearing an empty one would still rebuild the runtime's table.
-	if len(os.Environ()) > 0 {
-		os.Clearenv()
-	}
+	kept := make([]string, 0, len(env))
+	index := make(map[string]int, len(env))
 	var errs []error
 	for _, kv := range env {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok || k == "" {
+		k, _, ok := strings.Cut(kv, "=")
+		switch {
+		case !ok || k == "":
 			continue
-		}
-		if err := os.Setenv(k, v); err != nil {
-			errs = append(errs, fmt.Errorf("thaw: setting %s: %w", k, err))
+		case strings.IndexByte(kv, 0) >= 0:
+			errs = append(errs, fmt.Errorf("thaw: setting %s: %w", k, syscall.EINVAL))
+		default:
+			if i, seen := index[k]; seen {
+				kept[i] = kv
+			} else {
+				index[k] = len(kept)
+				kept = append(kept, kv)
+			}
 		}
 	}
+	installEnviron(kept, index)
 	return errors.Join(errs...)
 }

@@ -247,17 +247,27 @@ func TestReplaceEnviron(t *testing.T) {
 	t.Cleanup(func() { replaceEnviron(saved) })
 
 	os.Setenv("THAW_TEST_STALE", "build-time")
-	if err := replaceEnviron([]string{"FUNCTION_MODE=live", "WITH_EQ=a=b", "NOEQ", "=skipped"}); err != nil {
-		t.Fatal(err)
+	err := replaceEnviron([]string{"FUNCTION_MODE=live", "WITH_EQ=a=b", "NOEQ", "=skipped", "DUP=1", "NUL=a\x00b", "DUP=2"})
+	if err == nil || !strings.Contains(err.Error(), "NUL") {
+		t.Errorf("a value with a NUL byte: error %v", err)
 	}
 	if v, ok := os.LookupEnv("THAW_TEST_STALE"); ok {
 		t.Errorf("stale variable survived: %q", v)
 	}
-	if os.Getenv("FUNCTION_MODE") != "live" || os.Getenv("WITH_EQ") != "a=b" {
+	if os.Getenv("FUNCTION_MODE") != "live" || os.Getenv("WITH_EQ") != "a=b" || os.Getenv("DUP") != "2" {
 		t.Errorf("environment: %q", os.Environ())
 	}
-	if len(os.Environ()) != 2 {
-		t.Errorf("environment: %q", os.Environ())
+	if _, ok := os.LookupEnv("NUL"); ok {
+		t.Errorf("a value with a NUL byte was set")
+	}
+	if got, want := os.Environ(), []string{"FUNCTION_MODE=live", "WITH_EQ=a=b", "DUP=2"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("environment %q, want %q", got, want)
+	}
+	// The environment installed whole still takes changes one at a time.
+	os.Setenv("LATER", "x")
+	os.Unsetenv("DUP")
+	if got, want := os.Environ(), []string{"FUNCTION_MODE=live", "WITH_EQ=a=b", "LATER=x"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("after Setenv and Unsetenv: %q, want %q", got, want)
 	}
 }
 

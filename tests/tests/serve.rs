@@ -13,7 +13,7 @@ use thaw_gobuild::BuildMode;
 use thaw_http::ConnectionLimits;
 use thaw_runner::http::{App, AppError, FunctionEnv, RequestLimits};
 use thaw_runner::outbound::OutboundRules;
-use thaw_runner::{Runner, RunnerConfig, SlotReset, function_name};
+use thaw_runner::{RequestAbi, Runner, RunnerConfig, SlotReset, function_name};
 use thaw_store::ArtifactStore;
 use thaw_tests::build_go;
 use tokio::sync::oneshot;
@@ -21,14 +21,20 @@ use tokio::sync::oneshot;
 /// Builds the given Go packages into one store, tagged by their last path
 /// segment.
 async fn store_with(packages: &[&str]) -> ArtifactStore {
+    let modes: Vec<_> = packages.iter().map(|p| (*p, BuildMode::Auto)).collect();
+    store_built(&modes).await
+}
+
+/// [`store_with`], each package built in the mode given.
+async fn store_built(packages: &[(&str, BuildMode)]) -> ArtifactStore {
     let store = ArtifactStore::open("memory://").unwrap();
     let builder = Builder::new(store.clone(), Compiler::new()).unwrap();
-    for package in packages {
+    for &(package, mode) in packages {
         let name = package.rsplit('/').next().unwrap();
         let mut request = BuildRequest::new(vec![TargetProfile::host().unwrap()]);
         request.tag = Some(format!("{name}:v1").parse().unwrap());
         builder
-            .build(build_go(package, BuildMode::Auto).into(), &request, |_| {})
+            .build(build_go(package, mode).into(), &request, |_| {})
             .await
             .unwrap();
     }
@@ -243,6 +249,80 @@ async fn serves_json_api_and_hello_over_http_with_routing_and_metrics() {
         metrics.contains("thaw_instantiation_duration_seconds_count{function=\"hello\"} 1"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_compact_and_text_abis_answer_alike_and_text_only_functions_still_serve() {
+    let store = store_built(&[
+        ("examples/json-api", BuildMode::Auto),
+        ("tests/fixtures/go/text-only", BuildMode::Reactor),
+    ])
+    .await;
+    let cache = tempfile::tempdir().unwrap();
+    for (abi, sdk_speaks_compact) in [(RequestAbi::Compact, true), (RequestAbi::Text, false)] {
+        let mut config = RunnerConfig::new(cache.path());
+        config.request_abi = abi;
+        let runner = Runner::new(config).unwrap();
+        for (name, compact) in [("json-api", sdk_speaks_compact), ("text-only", false)] {
+            let function = runner
+                .load(&store, &format!("{name}:v1").parse().unwrap())
+                .await
+                .unwrap();
+            assert_eq!(function.speaks_compact(), compact, "{name} under {abi:?}");
+        }
+    }
+
+    let names = ["json-api", "text-only"];
+    let compact = serve(&store, &names, |_| {}, 1 << 20).await;
+    let text = serve(
+        &store,
+        &names,
+        |c| c.request_abi = RequestAbi::Text,
+        1 << 20,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let requests = [
+        ("GET", "/json-api/health", ""),
+        ("HEAD", "/json-api/health", ""),
+        ("POST", "/json-api/echo", r#"{"name":"frame"}"#),
+        ("POST", "/json-api/echo", "{"),
+        ("GET", "/json-api/items/1?verbose=1", ""),
+        ("GET", "/json-api/items/7", ""),
+        ("PUT", "/json-api/items/1", "x"),
+        ("GET", "/json-api/env", ""),
+        ("POST", "/text-only/old", "body"),
+    ];
+    for (method, path, body) in requests {
+        let mut answers = Vec::new();
+        for server in [&compact, &text] {
+            let response = client
+                .request(method.parse().unwrap(), format!("{}{path}", server.base))
+                .header("content-type", "application/json")
+                .header("x-multi", "one")
+                .header("x-multi", "two")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let headers: Vec<_> = ["content-type", "content-length", "allow"]
+                .iter()
+                .map(|h| response.headers().get(*h).cloned())
+                .collect();
+            answers.push((response.status(), headers, response.text().await.unwrap()));
+        }
+        assert_eq!(
+            answers[0], answers[1],
+            "{method} {path}: compact, then text"
+        );
+        assert!(answers[0].0.as_u16() < 500, "{method} {path}: {answers:?}");
+    }
+    let old = client
+        .get(format!("{}/text-only/x", compact.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.text().await.unwrap(), "text entry: GET /x");
 }
 
 #[tokio::test(flavor = "multi_thread")]
