@@ -512,12 +512,14 @@ fn markdown(report: &Report) -> String {
     out.push_str(&simple_table(report, "edge host"));
     out.push_str(
         "\n## Warm serving\n\n`wrk --latency` on loopback, sharing the 2 cores with the server. \
-         Every thaw variant creates a fresh instance per request. *HTTP/1.1 text ABI*, \
-         *whole-region slot reset*, *on-demand allocator* and *command module* are \
-         ablations: the first hands requests over as HTTP/1.1 text (`--request-abi text`) \
-         instead of length-prefixed frames, the second copies back the whole kept region \
-         instead of the pages a request wrote, the third drops the pooling allocator, the \
-         last drops the snapshot (Go's runtime and `init()` run on every request). Native Go \
+         Every thaw variant creates a fresh instance per request. The others are \
+         ablations of *thaw*, one choice each: *HTTP/1.1 text ABI* hands requests over as \
+         text (`--request-abi text`) instead of length-prefixed frames; *Go GC off* is the \
+         same module built with `--init-env GOGC=off --init-env GOMEMLIMIT=256MiB`, so no \
+         collection runs unless a request nears the limit; *whole-region slot reset* copies \
+         back the whole kept region instead of the pages a request wrote; *on-demand \
+         allocator* drops the pooling allocator; *command module* drops the snapshot (Go's \
+         runtime and `init()` run on every request). Native Go \
          `net/http` is the ceiling without isolation.\n\n",
     );
     out.push_str(&serving_tables(report));

@@ -95,6 +95,13 @@ fn snapshot_ref(example: &Example) -> String {
     format!("{}:snapshot", example.name)
 }
 
+/// The reactor built with Go's collector off (`GOGC=off`, read by the
+/// runtime's init, so frozen into the snapshot) and a memory limit as its
+/// backstop.
+fn gc_off_ref(example: &Example) -> String {
+    format!("{}:gc-off", example.name)
+}
+
 fn command_ref(example: &Example) -> String {
     format!("{}:command", example.name)
 }
@@ -214,6 +221,14 @@ pub fn prepare<'a>(
             String::from_utf8_lossy(&command_build.stderr)
         );
     }
+    run(Command::new(&tools.thaw)
+        .arg("build")
+        .arg(&reactor)
+        .args(["--name", &gc_off_ref(example), "--target", X86])
+        .args(["--init-env", "GOGC=off", "--init-env", "GOMEMLIMIT=256MiB"])
+        .arg("--store")
+        .arg(&store)
+        .env("THAW_HOME", dir.join("home-gc-off")))?;
     artifact_sizes(tools, example, &store, report)?;
 
     let precompiled = dir.join("reactor.cwasm");
@@ -355,6 +370,7 @@ fn free_address() -> SocketAddr {
 enum Server {
     Thaw,
     ThawTextAbi,
+    ThawGcOff,
     ThawWholeRegion,
     ThawOnDemand,
     ThawCommand,
@@ -366,6 +382,7 @@ impl Server {
         match self {
             Server::Thaw => "thaw",
             Server::ThawTextAbi => "thaw, HTTP/1.1 text ABI",
+            Server::ThawGcOff => "thaw, Go GC off (GOGC=off, 256 MiB limit)",
             Server::ThawWholeRegion => "thaw, whole-region slot reset",
             Server::ThawOnDemand => "thaw, on-demand allocator",
             Server::ThawCommand => "thaw, command module (init per request)",
@@ -383,6 +400,7 @@ impl Server {
             _ => {
                 let reference = match self {
                     Server::ThawCommand => command_ref(prepared.example),
+                    Server::ThawGcOff => gc_off_ref(prepared.example),
                     _ => snapshot_ref(prepared.example),
                 };
                 let allocator = match self {
@@ -644,6 +662,7 @@ pub fn warm_serving(tools: &Tools, prepared: &Prepared, seconds: u64, report: &m
     for server in [
         Server::Thaw,
         Server::ThawTextAbi,
+        Server::ThawGcOff,
         Server::ThawWholeRegion,
         Server::ThawOnDemand,
         Server::ThawCommand,
