@@ -818,7 +818,7 @@ fn guest_response(
 }
 
 /// The form a request and its response take between the front and a
-/// guest ([docs/abi.md](../../docs/abi.md)).
+/// guest (`docs/abi.md`).
 #[derive(Clone, Copy, Debug)]
 enum Wire {
     /// HTTP/1.1 text, for SDK functions without the compact entry point.

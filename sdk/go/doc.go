@@ -29,7 +29,7 @@
 //
 // # ABI
 //
-// Importing this package adds two exports to the module:
+// Importing this package adds three exports to the module:
 //
 //   - thaw_pre_snapshot, func(): called once by the snapshotter after
 //     _initialize. It runs the functions registered with [Warmup], in order,
@@ -37,10 +37,14 @@
 //     GC trigger. A panic in a warm-up function is not recovered: it crashes
 //     initialization and the build fails.
 //   - thaw_handle, func(): serves one request. It refreshes the environment
-//     from the host (WASI environ_sizes_get/environ_get, then os.Clearenv and
-//     os.Setenv for each variable), reads exactly one HTTP/1.1 request from
-//     stdin, calls the registered handler, and writes exactly one HTTP/1.1
-//     response (status line, headers including Content-Length, body) to stdout.
+//     from the host (WASI environ_sizes_get/environ_get), reads exactly one
+//     HTTP/1.1 request from stdin, calls the registered handler, and writes
+//     exactly one HTTP/1.1 response (status line, headers including
+//     Content-Length, body) to stdout.
+//   - thaw_handle_compact, func(): the same, but the request (with the
+//     environment) and the response are length-prefixed fields that the host
+//     has already parsed, so neither side parses HTTP text. thaw's runner
+//     calls this one when the module has it.
 //
 // The handler's response is buffered in memory and written when the handler
 // returns. A request that cannot be parsed gets 400 Bad Request; a handler
