@@ -70,7 +70,7 @@ pub fn parse_http1_response(
     let status = parsed
         .code
         .ok_or_else(|| malformed("no status code".into()))?;
-    let bodiless = method == "HEAD" || status < 200 || status == 204 || status == 304;
+    let bodiless = carries_no_body(method, status);
     let mut body = raw.slice(head_len..);
     let mut pairs = Vec::new();
     for h in parsed.headers.iter() {
@@ -231,7 +231,7 @@ pub fn parse_compact_response(
         headers,
         body,
     };
-    let bodiless = method == "HEAD" || status < 200 || status == 204 || status == 304;
+    let bodiless = carries_no_body(method, status);
     if let Some(length) = response.header("content-length")
         && !bodiless
         && length.trim().parse::<usize>().ok() != Some(response.body.len())
@@ -242,6 +242,13 @@ pub fn parse_compact_response(
         )));
     }
     Ok(response)
+}
+
+/// Whether a response with `status`, to a `method` request, declares a
+/// `Content-Length` without carrying that body: an answer to HEAD, a 1xx,
+/// 204 or 304.
+fn carries_no_body(method: &str, status: u16) -> bool {
+    method == "HEAD" || status < 200 || status == 204 || status == 304
 }
 
 fn malformed_frame(reason: &str) -> MalformedResponse {

@@ -553,8 +553,7 @@ mod tests {
                 other => panic!("room {room}: expected Unwritable, got {other:?}"),
             }
         }
-        let fits = blob.decoder(FillsUp { room: raw.len() });
-        let mut fits = fits;
+        let mut fits = blob.decoder(FillsUp { room: raw.len() });
         fits.write(&compressed).unwrap();
         assert_eq!(fits.finish().unwrap().room, 0);
     }
