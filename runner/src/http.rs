@@ -30,7 +30,8 @@ use crate::metrics::{FunctionLabels, Metrics, RequestLabels};
 use crate::outbound::{OutboundRules, Policies};
 use crate::trace::{TRACEPARENT, TraceContext};
 use crate::{
-    Function, Invocation, MeteredCall, Metering, Output, RunError, Runner, Source, function_name,
+    Function, Invocation, MeteredCall, Metering, Output, ResetWork, RunError, Runner, Source,
+    SpentInstance, function_name,
 };
 
 /// Default [`RequestLimits::max_body`]: 10 MiB.
@@ -94,6 +95,9 @@ pub struct Usage {
     pub call: Option<Duration>,
     /// CPU time and peak memory: what an operator bills from.
     pub metering: Metering,
+    /// What the instance's slot reset copied back, when slots are reset
+    /// by their dirty pages.
+    pub reset: Option<ResetWork>,
 }
 
 /// The functions and their environments do not fit together.
@@ -467,28 +471,76 @@ async fn handle(
         span_id = %trace.span_id
     );
 
-    let (response, usage) = run(&app, &routed, remote, request_id, request)
+    let (response, ran) = run(&app, &routed, remote, request_id, request)
         .instrument(span.clone())
         .await;
-    let _entered = span.enter();
-    let status = response.status().as_u16();
-    let total = started.elapsed();
-    app.metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            function: name.clone(),
-            status,
-        })
-        .inc();
-    let labels = FunctionLabels {
-        function: name.clone(),
+    let (usage, teardown) = ran.unzip();
+    let finished = Finished {
+        name,
+        method,
+        path_and_query,
+        status: response.status().as_u16(),
+        total: started.elapsed(),
+        usage,
     };
-    app.metrics
-        .latency
-        .get_or_create(&labels)
-        .observe(total.as_secs_f64());
-    if let Some(usage) = usage {
+    finished.count(&app);
+    match teardown {
+        // After the answer goes out. One task for the teardown and the
+        // log: it waits in this worker's next-task slot, where a second
+        // spawn would push it out and wake another worker to steal it
+        // (measured, hello at c=1: 2.5 → 0.6 context switches per request,
+        // p50 204 → 182 µs).
+        Some(teardown) if teardown.off_path => {
+            let retiring = app.retiring.clone();
+            retiring.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let reset = teardown.retire();
+                retiring.fetch_sub(1, Ordering::Relaxed);
+                span.in_scope(|| finished.log(&app, reset));
+            });
+        }
+        Some(teardown) => {
+            let reset = teardown.retire();
+            span.in_scope(|| finished.log(&app, reset));
+        }
+        None => span.in_scope(|| finished.log(&app, None)),
+    }
+    response
+}
+
+/// A request that has been answered: counted at once, and logged once its
+/// instance (if any) is retired, so that the log includes the reset.
+struct Finished {
+    name: String,
+    method: String,
+    path_and_query: String,
+    status: u16,
+    total: Duration,
+    usage: Option<Usage>,
+}
+
+impl Finished {
+    /// Counts the request in the metrics: before the answer goes out, so
+    /// a client that reads `/metrics` next sees its own request.
+    fn count(&self, app: &App) {
         let metrics = &app.metrics;
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                function: self.name.clone(),
+                status: self.status,
+            })
+            .inc();
+        let labels = FunctionLabels {
+            function: self.name.clone(),
+        };
+        metrics
+            .latency
+            .get_or_create(&labels)
+            .observe(self.total.as_secs_f64());
+        let Some(usage) = &self.usage else {
+            return;
+        };
         if let Some(instantiate) = usage.instantiate {
             metrics
                 .instantiation
@@ -503,35 +555,68 @@ async fn handle(
             .peak_memory
             .get_or_create(&labels)
             .observe(usage.metering.peak_memory as f64);
-        if let Some(reset) = usage.metering.reset {
-            metrics.reset_bytes.observe(reset.bytes as f64);
-            metrics.merged_pages.inc_by(reset.merged_pages);
-        }
-        metrics.outbound(&name, &usage.metering.outbound);
+        metrics.outbound(&self.name, &usage.metering.outbound);
     }
-    tracing::info!(
-        target: "thaw::access",
-        // The path without its query: query strings can carry tokens.
-        %method, path = %path_only(&path_and_query), status,
-        total_us = total.as_micros() as u64,
-        instantiate_us = usage.and_then(|u| u.instantiate).map(|d| d.as_micros() as u64),
-        call_us = usage.and_then(|u| u.call).map(|d| d.as_micros() as u64),
-        cpu_us = usage.map(|u| u.metering.cpu.as_micros() as u64),
-        page_faults = usage.and_then(|u| u.metering.page_faults),
-        memory_peak = usage.map(|u| u.metering.peak_memory),
-        reset_bytes = usage.and_then(|u| u.metering.reset).map(|r| r.bytes),
-        outbound = usage.map(|u| u.metering.outbound.total()),
-        "request"
-    );
-    if let Some(hook) = &app.on_response {
-        hook(&AccessRecord {
-            function: name,
+
+    /// Once the instance is retired: counts its slot's reset, writes the
+    /// access line and calls the response hook.
+    fn log(self, app: &App, reset: Option<ResetWork>) {
+        let Finished {
+            name,
+            method,
+            path_and_query,
             status,
-            usage,
             total,
-        });
+            usage,
+        } = self;
+        if let Some(reset) = reset {
+            app.metrics.reset_bytes.observe(reset.bytes as f64);
+            app.metrics.merged_pages.inc_by(reset.merged_pages);
+        }
+        let usage = usage.map(|usage| Usage { reset, ..usage });
+        tracing::info!(
+            target: "thaw::access",
+            // The path without its query: query strings can carry tokens.
+            %method, path = %path_only(&path_and_query), status,
+            total_us = total.as_micros() as u64,
+            instantiate_us = usage.and_then(|u| u.instantiate).map(|d| d.as_micros() as u64),
+            call_us = usage.and_then(|u| u.call).map(|d| d.as_micros() as u64),
+            cpu_us = usage.map(|u| u.metering.cpu.as_micros() as u64),
+            page_faults = usage.and_then(|u| u.metering.page_faults),
+            memory_peak = usage.map(|u| u.metering.peak_memory),
+            reset_bytes = usage.and_then(|u| u.reset).map(|r| r.bytes),
+            outbound = usage.map(|u| u.metering.outbound.total()),
+            "request"
+        );
+        if let Some(hook) = &app.on_response {
+            hook(&AccessRecord {
+                function: name,
+                status,
+                usage,
+                total,
+            });
+        }
     }
-    response
+}
+
+/// A spent instance and the permits its pool slot and its function's share
+/// hold until it is torn down.
+struct Teardown {
+    instance: SpentInstance,
+    permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    /// Whether cores were idle when the request was admitted: then the
+    /// teardown waits until the answer has gone out. Under load it runs
+    /// inline, where the CPU is spent either way and any hand-off costs
+    /// throughput.
+    off_path: bool,
+}
+
+impl Teardown {
+    fn retire(self) -> Option<ResetWork> {
+        let reset = self.instance.retire();
+        drop(self.permits);
+        reset
+    }
 }
 
 async fn run(
@@ -540,7 +625,7 @@ async fn run(
     remote: SocketAddr,
     request_id: u64,
     request: Request,
-) -> (Response, Option<Usage>) {
+) -> (Response, Option<(Usage, Teardown)>) {
     let (name, function, guest_path) = (&routed.name, &*routed.function, &routed.guest_path);
     let (parts, body) = request.into_parts();
     let limits = app.limits;
@@ -634,52 +719,33 @@ async fn run(
 
     // A guard, because hyper drops this future when the client goes away.
     let _in_flight = InFlight::enter(&app.metrics);
-    // Off the request's path while cores are idle; inline under load,
-    // where the teardown's CPU is spent either way.
-    let busy = app.max_concurrency - app.slots.available_permits();
+    let off_path = app.max_concurrency - app.slots.available_permits() <= app.cores;
     let outbound = app.outbound.of(name);
     let MeteredCall {
         result,
         metering,
         instance,
     } = function.call_metered(invocation, &env, outbound).await;
-    // The slot and the function's share are free once the instance is torn
-    // down: now, or after the answer goes out. One task for both: it waits
-    // in this worker's next-task slot, where a second spawn would push it
-    // out and wake another worker to steal it (measured, hello at c=1:
-    // 2.5 → 0.6 context switches per request, p50 204 → 182 µs).
-    if busy <= app.cores {
-        let retiring = app.retiring.clone();
-        retiring.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            drop(instance);
-            drop((slot, share));
-            retiring.fetch_sub(1, Ordering::Relaxed);
-        });
-    } else {
-        drop((instance, slot, share));
-    }
-    match result {
-        Ok(output) => {
-            let usage = Usage {
-                instantiate: Some(output.instantiate),
-                call: Some(output.total),
-                metering,
-            };
-            (
-                guest_response(app, name, function, wire, method, output),
-                Some(usage),
-            )
-        }
-        Err(e) => {
-            let usage = Usage {
-                instantiate: None,
-                call: None,
-                metering,
-            };
-            (run_error(app, name, e), Some(usage))
-        }
-    }
+    let teardown = Teardown {
+        instance,
+        permits: (slot, share),
+        off_path,
+    };
+    let (instantiate, call, response) = match result {
+        Ok(output) => (
+            Some(output.instantiate),
+            Some(output.total),
+            guest_response(app, name, function, wire, method, output),
+        ),
+        Err(e) => (None, None, run_error(app, name, e)),
+    };
+    let usage = Usage {
+        instantiate,
+        call,
+        metering,
+        reset: None,
+    };
+    (response, Some((usage, teardown)))
 }
 
 /// Longest a request waits for a slot that is being torn down; a teardown

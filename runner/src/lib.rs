@@ -382,7 +382,11 @@ impl Runner {
             pre,
             compact,
             config: self.config.clone(),
-            dirty_pages: self.reset.dirty_pages.clone().map(reset::SlotScans::new),
+            dirty_pages: self
+                .reset
+                .dirty_pages
+                .clone()
+                .map(|pages| Arc::new(reset::SlotScans::new(pages))),
             outbound: self.outbound.clone(),
         })
     }
@@ -499,7 +503,7 @@ pub struct Function {
     /// Whether requests take the compact entry point.
     compact: bool,
     config: RunnerConfig,
-    dirty_pages: Option<reset::SlotScans>,
+    dirty_pages: Option<Arc<reset::SlotScans>>,
     outbound: Arc<dyn Transport>,
 }
 
@@ -529,16 +533,50 @@ pub enum Invocation {
     Compact(Vec<u8>),
 }
 
-/// A call's instance once it has stopped, not yet torn down. Dropping it
-/// tears it down: resetting its pool slot copies back up to the
-/// keep-resident size of memory (about 4 ms the first time a slot holds a
-/// module, ~0.1 ms after), on the thread that drops it. Drop it where
-/// that costs least: off the request's path while cores are idle
-/// (measured: a cold first request 5 → 1.5 ms), inline under load, where
-/// any hand-off costs throughput.
+/// A call's instance once it has stopped, not yet torn down.
+/// [`SpentInstance::retire`] tears it down: it readies the slot for the
+/// dirty-page reset (a page-table scan when the instance took page faults,
+/// about 0.1 ms) and resets the slot, copying back up to the keep-resident
+/// size of memory (about 4 ms the first time a slot holds a module, ~0.1
+/// ms after), on the thread that retires it. Retire it where that costs
+/// least: off the request's path while cores are idle (measured: a cold
+/// first request 5 → 1.5 ms), inline under load, where any hand-off costs
+/// throughput. Dropping it unretired resets the slot just as safely, but
+/// skips the run merging that keeps later requests in the slot free of
+/// page faults (see [`reset`]).
 pub struct SpentInstance {
-    /// Held only to be dropped.
-    _store: Store<GuestState>,
+    store: Store<GuestState>,
+    memory: Option<Memory>,
+    page_faults: Option<u64>,
+    dirty_pages: Option<Arc<reset::SlotScans>>,
+}
+
+impl SpentInstance {
+    /// Tears the instance down and frees its pool slot; returns what the
+    /// slot's reset copied back, when slots are reset by their dirty pages.
+    pub fn retire(mut self) -> Option<ResetWork> {
+        let work = self.prepare_reset();
+        drop(self.store);
+        work
+    }
+
+    /// Readies the slot for wasmtime's dirty-page reset (see [`reset`]).
+    fn prepare_reset(&mut self) -> Option<ResetWork> {
+        let (dirty_pages, memory) = (self.dirty_pages.as_ref()?, self.memory?);
+        // Only a page fault makes a page private, so an instance that
+        // took none left its slot's private pages as the last scan found
+        // them (unknown counts as some).
+        let unchanged = self.page_faults == Some(0);
+        match dirty_pages.prepare(memory.data_mut(&mut self.store), unchanged) {
+            Ok(work) => Some(work),
+            Err(e) => {
+                // The reset itself does not depend on this: it only costs
+                // page faults on the next request.
+                tracing::warn!(error = %e, "scanning an instance's dirty pages failed");
+                None
+            }
+        }
+    }
 }
 
 /// One call's outcome, what it used, and its instance to tear down.
@@ -564,9 +602,6 @@ pub struct Metering {
     pub page_faults: Option<u64>,
     /// The guest's largest linear memory, in bytes.
     pub peak_memory: u64,
-    /// What resetting the instance's slot copies back, when slots are
-    /// reset by their dirty pages.
-    pub reset: Option<ResetWork>,
     /// What its outbound HTTP requests came to.
     pub outbound: OutboundTally,
 }
@@ -628,9 +663,13 @@ impl Function {
     /// Nothing survives the call.
     pub async fn call(&self, stdin: Vec<u8>, env: &[(String, String)]) -> Result<Output, RunError> {
         let deny_all = Arc::new(OutboundPolicy::default());
-        self.call_metered(Invocation::Entry(stdin), env, &deny_all)
-            .await
-            .result
+        let MeteredCall {
+            result, instance, ..
+        } = self
+            .call_metered(Invocation::Entry(stdin), env, &deny_all)
+            .await;
+        instance.retire();
+        result
     }
 
     /// Whether requests should take the compact entry point
@@ -642,31 +681,31 @@ impl Function {
 
     /// [`Function::call`], with outbound HTTP as `outbound` allows, and
     /// with what the instance used whatever the outcome (a request stopped
-    /// at its deadline used CPU too). The instance comes back to be torn
-    /// down where the caller likes; hold whatever counts pool slots until
-    /// it is dropped.
+    /// at its deadline used CPU too). The instance comes back to be
+    /// retired where the caller likes; hold whatever counts pool slots
+    /// until it is ([`SpentInstance::retire`]).
     pub async fn call_metered(
         &self,
         invocation: Invocation,
         env: &[(String, String)],
         outbound: &Arc<OutboundPolicy>,
     ) -> MeteredCall {
-        let (result, metering, store) = self.run_instance(invocation, env, outbound).await;
+        let (result, metering, instance) = self.run_instance(invocation, env, outbound).await;
         MeteredCall {
             result,
             metering,
-            instance: SpentInstance { _store: store },
+            instance,
         }
     }
 
-    /// One request in a fresh instance; returns its store for the caller
-    /// to drop where it likes.
+    /// One request in a fresh instance; returns the instance for the
+    /// caller to retire where it likes.
     async fn run_instance(
         &self,
         invocation: Invocation,
         env: &[(String, String)],
         outbound: &Arc<OutboundPolicy>,
-    ) -> (Result<Output, RunError>, Metering, Store<GuestState>) {
+    ) -> (Result<Output, RunError>, Metering, SpentInstance) {
         let started = Instant::now();
         let (export, stdin) = match invocation {
             Invocation::Entry(stdin) => (&*self.manifest.entry, stdin),
@@ -712,11 +751,16 @@ impl Function {
             cpu,
             page_faults,
             peak_memory: store.data().peak_memory(),
-            reset: self.prepare_reset(&mut store, memory, page_faults),
             outbound: store.data().outbound(),
         };
+        let spent = |store| SpentInstance {
+            store,
+            memory,
+            page_faults,
+            dirty_pages: self.dirty_pages.clone(),
+        };
         let Ok(result) = finished else {
-            return (Err(RunError::Timeout(timeout)), metering, store);
+            return (Err(RunError::Timeout(timeout)), metering, spent(store));
         };
         let stderr_bytes = stderr.contents();
         let instantiate = match result {
@@ -739,7 +783,7 @@ impl Function {
                     }),
                 };
                 match failure {
-                    Some(e) => return (Err(e), metering, store),
+                    Some(e) => return (Err(e), metering, spent(store)),
                     None => started.elapsed(),
                 }
             }
@@ -750,31 +794,7 @@ impl Function {
             instantiate,
             total: started.elapsed(),
         };
-        (Ok(output), metering, store)
-    }
-
-    /// Readies the slot of an instance that has stopped running for
-    /// wasmtime's dirty-page reset (see [`reset`]).
-    fn prepare_reset(
-        &self,
-        store: &mut Store<GuestState>,
-        memory: Option<Memory>,
-        page_faults: Option<u64>,
-    ) -> Option<ResetWork> {
-        let (dirty_pages, memory) = (self.dirty_pages.as_ref()?, memory?);
-        // Only a page fault makes a page private, so an instance that
-        // took none left its slot's private pages as the last scan found
-        // them (unknown counts as some).
-        let unchanged = page_faults == Some(0);
-        match dirty_pages.prepare(memory.data_mut(store), unchanged) {
-            Ok(work) => Some(work),
-            Err(e) => {
-                // The reset itself does not depend on this: it only costs
-                // page faults on the next request.
-                tracing::warn!(error = %e, "scanning an instance's dirty pages failed");
-                None
-            }
-        }
+        (Ok(output), metering, spent(store))
     }
 
     /// Runs a command module like a local program, for `thaw exec`: the

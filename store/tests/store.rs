@@ -95,9 +95,17 @@ async fn tampered_blob_is_refused() {
     );
 }
 
+/// In memory, and in a directory, whose small objects are read directly
+/// rather than through object_store.
 #[tokio::test]
 async fn manifests_tags_and_cache() {
-    let store = ArtifactStore::open("memory://").unwrap();
+    manifests_tags_and_cache_in(ArtifactStore::open("memory://").unwrap()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let location = format!("file://{}", dir.path().join("store").display());
+    manifests_tags_and_cache_in(ArtifactStore::open(&location).unwrap()).await;
+}
+
+async fn manifests_tags_and_cache_in(store: ArtifactStore) {
     let missing = BlobRef {
         digest: Digest::of(b"never stored"),
         size: 1,

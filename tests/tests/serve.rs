@@ -381,6 +381,52 @@ async fn no_request_sees_what_the_previous_one_wrote_under_any_slot_reset() {
     }
 }
 
+/// An instance is retired after its answer has gone out, and its slot's
+/// reset is still accounted for: the request is counted before the
+/// answer, the reset (scanned after the answer, since the first request in
+/// a slot takes page faults) right after it, once per request.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_are_counted_before_the_answer_and_their_slot_reset_once_retired() {
+    const REQUESTS: usize = 3;
+    let store = store_with(&["examples/hello"]).await;
+    let server = serve(
+        &store,
+        &["hello"],
+        |config| {
+            config.max_instances = 1;
+            config.slot_reset = SlotReset::DirtyPages;
+        },
+        1 << 20,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for sent in 1..=REQUESTS {
+        let answer = client.get(&server.base).send().await.unwrap();
+        assert_eq!(answer.status(), 200);
+        answer.text().await.unwrap();
+        let counted = format!(r#"thaw_requests_total{{function="hello",status="200"}} {sent}"#);
+        let text = metrics(&server.base).await;
+        assert!(text.contains(&counted), "{counted} missing:\n{text}");
+    }
+    let resets = format!("thaw_slot_reset_bytes_count {REQUESTS}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = metrics(&server.base).await;
+        if text.contains(&resets) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(text.contains(&resets), "{resets} missing:\n{text}");
+    let copied: f64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("thaw_slot_reset_bytes_sum "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(copied > 0.0, "the resets copied nothing back:\n{text}");
+}
+
 /// Every instance restored from one snapshot draws its own randomness:
 /// math/rand (v1 and v2), hash/maphash seeds and map iteration order all
 /// differ between requests, while a map built before the snapshot still
