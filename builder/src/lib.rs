@@ -32,6 +32,8 @@
 
 #![warn(missing_docs)]
 
+mod names;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -133,15 +135,21 @@ pub struct BuildRequest {
     pub snapshot: SnapshotOptions,
     /// The tag [`Builder::build`] points at the result.
     pub tag: Option<TagRef>,
+    /// Whether artifacts keep the module's function names. Off by default:
+    /// they cost every cold load time (see the `names` module), and the
+    /// stored snapshot keeps them.
+    pub keep_names: bool,
 }
 
 impl BuildRequest {
-    /// A request for `targets` with default init limits and no tag.
+    /// A request for `targets` with default init limits, no tag, and
+    /// artifacts without function names.
     pub fn new(targets: Vec<&'static TargetProfile>) -> Self {
         Self {
             targets,
             snapshot: SnapshotOptions::default(),
             tag: None,
+            keep_names: false,
         }
     }
 }
@@ -167,13 +175,14 @@ pub struct PendingBuild {
     key: Digest,
     targets: Vec<&'static TargetProfile>,
     snapshot: SnapshotOptions,
+    keep_names: bool,
     inspected: Option<(ModuleInfo, Duration)>,
 }
 
 impl PendingBuild {
     /// The build key: the module's digest plus everything else that changes
-    /// the output (targets and their flags, init environment, thaw and
-    /// wasmtime versions, manifest schema). Limits that only decide success
+    /// the output (targets and their flags, init environment, whether
+    /// artifacts keep names, thaw and wasmtime versions, manifest schema). Limits that only decide success
     /// do not count. Identical submissions share it.
     pub fn key(&self) -> &Digest {
         &self.key
@@ -198,6 +207,7 @@ fn build_key(
     source: &Digest,
     targets: &[&'static TargetProfile],
     snapshot: &SnapshotOptions,
+    keep_names: bool,
 ) -> Digest {
     let targets: Vec<_> = targets
         .iter()
@@ -209,6 +219,7 @@ fn build_key(
         "source": source,
         "targets": targets,
         "init_env": env,
+        "keep_names": keep_names,
         "thaw": THAW_VERSION,
         "wasmtime": WASMTIME_VERSION,
         "schema": MANIFEST_SCHEMA,
@@ -249,13 +260,14 @@ impl Builder {
             return Err(BuildError::NoTargets);
         }
         let source = Digest::of(&wasm);
-        let key = build_key(&source, &targets, &request.snapshot);
+        let key = build_key(&source, &targets, &request.snapshot, request.keep_names);
         Ok(PendingBuild {
             wasm,
             source,
             key,
             targets,
             snapshot: request.snapshot.clone(),
+            keep_names: request.keep_names,
             inspected: None,
         })
     }
@@ -372,7 +384,12 @@ impl Builder {
             ModuleKind::Command => None,
         };
 
-        let to_compile = snapshot.clone().unwrap_or_else(|| build.wasm.clone());
+        let mut to_compile = snapshot.clone().unwrap_or_else(|| build.wasm.clone());
+        if !build.keep_names
+            && let Some(stripped) = names::without_names(&to_compile)
+        {
+            to_compile = Bytes::from(stripped);
+        }
         let (hits_before, misses_before) = self.compiler.cache().stats();
         for target in &build.targets {
             progress(BuildEvent::Started(Step::Compile(target)));
@@ -438,6 +455,7 @@ impl Builder {
                 thaw_version: THAW_VERSION.to_string(),
                 wasmtime_version: WASMTIME_VERSION.to_string(),
                 init_env: build.snapshot.env.iter().map(|(k, _)| k.clone()).collect(),
+                keep_names: build.keep_names,
                 steps,
             },
         };
@@ -530,7 +548,7 @@ mod tests {
             .iter()
             .map(|t| TargetProfile::by_name(t).unwrap())
             .collect();
-        build_key(&Digest::of(source), &settled(&targets), snapshot)
+        build_key(&Digest::of(source), &settled(&targets), snapshot, false)
     }
 
     #[test]
@@ -556,6 +574,12 @@ mod tests {
             ..SnapshotOptions::default()
         };
         assert_ne!(base, key(&[x86, arm], &env, b"module"));
+        // So does keeping function names.
+        let targets = settled(&[TargetProfile::by_name(x86).unwrap()]);
+        assert_ne!(
+            build_key(&Digest::of(b"module"), &targets, &defaults, false),
+            build_key(&Digest::of(b"module"), &targets, &defaults, true)
+        );
     }
 
     #[test]

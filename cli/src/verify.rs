@@ -321,6 +321,7 @@ pub async fn rebuild(
     let builder = Builder::new(scratch, Compiler::new())?;
     let mut request = BuildRequest::new(targets);
     request.snapshot.env = init_env;
+    request.keep_names = stored.build.keep_names;
     let rebuilt = builder
         .build(source, &request, |_| {})
         .await

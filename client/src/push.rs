@@ -36,6 +36,8 @@ pub struct PushRequest {
     pub targets: Vec<String>,
     /// Environment variables visible to init (baked into the snapshot).
     pub init_env: Vec<(String, String)>,
+    /// Whether the artifacts keep the module's function names.
+    pub keep_names: bool,
 }
 
 impl RegistryClient {
@@ -101,6 +103,9 @@ impl RegistryClient {
         }
         for (key, value) in &request.init_env {
             query.push(("init_env", format!("{key}={value}")));
+        }
+        if request.keep_names {
+            query.push(("keep_names", "true".to_string()));
         }
         let url = self.url("/v1/builds");
         let post = || async {

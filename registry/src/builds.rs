@@ -135,11 +135,13 @@ struct Submission {
     tag: Option<TagRef>,
     targets: Vec<&'static TargetProfile>,
     init_env: Vec<(String, String)>,
+    keep_names: bool,
 }
 
 impl Submission {
     fn parse(query: Option<&str>, defaults: &[&'static TargetProfile]) -> Result<Self, ApiError> {
         let (mut name, mut tag, mut targets, mut init_env) = (None, None, Vec::new(), Vec::new());
+        let mut keep_names = false;
         for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match &*key {
                 "name" => name = Some(value.into_owned()),
@@ -156,9 +158,17 @@ impl Submission {
                     parse_key_value(&value)
                         .map_err(|e| ApiError::bad_request(format!("init_env: {e}")))?,
                 ),
+                "keep_names" => {
+                    keep_names = value.parse().map_err(|_| {
+                        ApiError::bad_request(format!(
+                            "keep_names must be true or false, not {value:?}"
+                        ))
+                    })?
+                }
                 other => {
                     return Err(ApiError::bad_request(format!(
-                        "unknown parameter {other:?} (expected name, tag, targets, init_env)"
+                        "unknown parameter {other:?} (expected name, tag, targets, init_env, \
+                         keep_names)"
                     )));
                 }
             }
@@ -178,6 +188,7 @@ impl Submission {
             tag,
             targets,
             init_env,
+            keep_names,
         })
     }
 }
@@ -225,7 +236,8 @@ async fn read_module(
         ("name" = Option<String>, Query, description = "Function name to tag the result with"),
         ("tag" = Option<String>, Query, description = "Tag (default `latest`); needs `name`"),
         ("targets" = Option<String>, Query, description = "Comma-separated target profiles (default `x86_64-unknown-linux-gnu,aarch64-unknown-linux-gnu`)"),
-        ("init_env" = Option<String>, Query, description = "`KEY=VALUE` visible to init; repeatable. Baked into the snapshot")),
+        ("init_env" = Option<String>, Query, description = "`KEY=VALUE` visible to init; repeatable. Baked into the snapshot"),
+        ("keep_names" = Option<bool>, Query, description = "`true` keeps the module's function names in the artifacts, for traps and native profilers (default `false`: names cost every cold load 100–150 µs; the snapshot keeps them)")),
     request_body(content = Vec<u8>, content_type = "application/wasm", description = "A wasip1 core module (Go `GOOS=wasip1`)"),
     responses(
         (status = 200, description = "Already built (cache hit): the manifest is included", body = BuildResponse),
@@ -285,6 +297,7 @@ pub async fn submit(
         targets: submission.targets,
         snapshot,
         tag: None,
+        keep_names: submission.keep_names,
     };
     // Hashing a large module takes a while: not on an async worker.
     let prepared = {

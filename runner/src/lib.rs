@@ -227,7 +227,7 @@ impl RunnerConfig {
 /// Loads functions and runs requests. One per process.
 pub struct Runner {
     engine: Engine,
-    linker: Linker<GuestState>,
+    linker: Arc<Linker<GuestState>>,
     config: RunnerConfig,
     reset: reset::ResetChoice,
     outbound: Arc<dyn Transport>,
@@ -294,7 +294,7 @@ impl Runner {
         EpochTicker::start(&engine);
         Ok(Self {
             engine,
-            linker,
+            linker: Arc::new(linker),
             config,
             reset,
             outbound: Arc::new(outbound::HttpTransport::default()),
@@ -349,27 +349,37 @@ impl Runner {
                     .join(", "),
             })?
             .clone();
-        let file = self.cached_artifact(source, &artifact).await?;
-        let incompatible = |e: wasmtime::Error| RunError::Incompatible {
-            artifact: format!(
+        let incompatible = {
+            let artifact = format!(
                 "{} (built for {} with wasmtime {}, ISA flags [{}])",
                 artifact.blob.digest,
                 artifact.target,
                 artifact.wasmtime_version,
                 artifact.isa_flags.join(", ")
-            ),
-            host: format!("{host}, wasmtime {}", profile::WASMTIME_VERSION),
-            source: e.into(),
+            );
+            move |e: wasmtime::Error| RunError::Incompatible {
+                artifact: artifact.clone(),
+                host: format!("{host}, wasmtime {}", profile::WASMTIME_VERSION),
+                source: e.into(),
+            }
         };
-        // SAFETY: `file` is a handle whose bytes matched the artifact's
-        // digest (hashed now, or before with its identity unchanged since;
-        // see `cache`), from a manifest read from the trusted store or
-        // signed by a trusted registry key. Cache files are only created by
-        // rename, read-only, in a directory private to this account, and
-        // never rewritten in place, so the mapping cannot change under us.
-        let module =
-            unsafe { Module::deserialize_open_file(&self.engine, file) }.map_err(incompatible)?;
-        let pre = self.linker.instantiate_pre(&module).map_err(incompatible)?;
+        let (engine, linker) = (self.engine.clone(), self.linker.clone());
+        let pre = self
+            .cached_artifact(source, &artifact, move |file| {
+                // SAFETY: `file` is a handle whose bytes matched the
+                // artifact's digest (hashed now, or before with its
+                // identity unchanged since; see `cache`), from a manifest
+                // read from the trusted store or signed by a trusted
+                // registry key. Cache files are only created by rename,
+                // read-only, in a directory private to this account, and
+                // never rewritten in place, so the mapping cannot change
+                // under us.
+                let module = unsafe { Module::deserialize_open_file(&engine, file) }
+                    .map_err(&incompatible)?;
+                linker.instantiate_pre(&module).map_err(&incompatible)
+            })
+            .await?;
+        let module = pre.module();
         let compact = self.config.request_abi == RequestAbi::Compact
             && manifest.kind == ModuleKind::Reactor
             && matches!(
@@ -391,40 +401,60 @@ impl Runner {
         })
     }
 
-    /// An open handle to the verified local copy of `artifact`, fetching
-    /// it when missing or when the cached copy fails verification (see
-    /// [`cache`] for how a cached copy is trusted). The handle that was
-    /// checked is the one that gets mapped, so a file swapped in the cache
-    /// after the check is never loaded.
-    async fn cached_artifact(
+    /// `load` applied, on the blocking pool, to an open handle to the
+    /// verified local copy of `artifact`, fetched first when missing or
+    /// when the cached copy fails verification (see [`cache`] for how a
+    /// cached copy is trusted). The handle that was checked is the one
+    /// that gets mapped, so a file swapped in the cache after the check is
+    /// never loaded. Loading (about 0.5 ms for a Go module, mostly
+    /// wasmtime decoding the artifact's metadata) happens in the same
+    /// hand-off as the check, off the async workers, where it would hold
+    /// up every other request on the worker.
+    async fn cached_artifact<T: Send + 'static>(
         &self,
         source: &impl ArtifactSource,
         artifact: &Artifact,
-    ) -> Result<std::fs::File, RunError> {
+        load: impl FnOnce(std::fs::File) -> Result<T, RunError> + Send + 'static,
+    ) -> Result<T, RunError> {
         let entry = Arc::new(cache::Entry::new(
             &self.config.cache_dir,
             artifact.blob.digest,
         ));
-        let cache_error = |e| RunError::Cache {
-            path: entry.file.clone(),
-            source: e,
+        let cache_error = {
+            let path = entry.file.clone();
+            move |source| RunError::Cache {
+                path: path.clone(),
+                source,
+            }
         };
-        let (cached, rehash) = (entry.clone(), self.config.verify_on_load);
-        let opened = tokio::task::spawn_blocking(move || cache::open_trusted(&cached, rehash))
-            .await
-            .expect("opening does not panic");
-        if let cache::Cached::Trusted(file) = opened.map_err(cache_error)? {
-            return Ok(file);
-        }
-        let incoming = cache::incoming(&entry).map_err(cache_error)?;
+        let (cached, rehash, error) = (
+            entry.clone(),
+            self.config.verify_on_load,
+            cache_error.clone(),
+        );
+        // The load comes back unused when there is no trusted copy.
+        let opened = tokio::task::spawn_blocking(move || {
+            match cache::open_trusted(&cached, rehash).map_err(error)? {
+                cache::Cached::Trusted(file) => load(file).map(Ok),
+                cache::Cached::Missing => Ok(Err(load)),
+            }
+        })
+        .await
+        .expect("opening does not panic")?;
+        let load = match opened {
+            Ok(loaded) => return Ok(loaded),
+            Err(load) => load,
+        };
+        let incoming = cache::incoming(&entry).map_err(cache_error.clone())?;
         let written = source.fetch_blob_into(&artifact.blob, incoming).await?;
         let target = entry.clone();
-        let file = tokio::task::spawn_blocking(move || cache::admit(&target, written))
-            .await
-            .expect("admitting does not panic")
-            .map_err(cache_error)?;
+        let loaded = tokio::task::spawn_blocking(move || {
+            load(cache::admit(&target, written).map_err(cache_error)?)
+        })
+        .await
+        .expect("admitting does not panic")?;
         tokio::spawn(cache::settle(entry));
-        Ok(file)
+        Ok(loaded)
     }
 }
 
@@ -881,6 +911,7 @@ mod tests {
                 thaw_version: "test".into(),
                 wasmtime_version: profile::WASMTIME_VERSION.into(),
                 init_env: vec![],
+                keep_names: false,
                 steps: vec![],
             },
         }

@@ -31,6 +31,7 @@ fn manifest_for(source: &BlobRef) -> Manifest {
             thaw_version: "test".into(),
             wasmtime_version: "48.0.8".into(),
             init_env: vec![],
+            keep_names: false,
             steps: vec![],
         },
     }

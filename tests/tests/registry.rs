@@ -105,6 +105,7 @@ fn host_only(reference: &str) -> PushRequest {
         reference: Some(reference.parse().unwrap()),
         targets: vec![TargetProfile::host().unwrap().name.to_string()],
         init_env: Vec::new(),
+        keep_names: false,
     }
 }
 

@@ -427,6 +427,65 @@ async fn requests_are_counted_before_the_answer_and_their_slot_reset_once_retire
     assert!(copied > 0.0, "the resets copied nothing back:\n{text}");
 }
 
+/// Artifacts leave the module's function names out unless the build keeps
+/// them: a trap then names the wasm function by index only, and with
+/// `keep_names` by its name. The manifest says which, so a rebuild can
+/// reproduce it.
+#[tokio::test(flavor = "multi_thread")]
+async fn artifacts_name_wasm_functions_only_when_the_build_keeps_names() {
+    use wasm_encoder::{
+        CodeSection, ExportKind, ExportSection, Function, FunctionSection, Instruction, Module,
+        NameMap, NameSection, TypeSection,
+    };
+    let mut module = Module::new();
+    let mut types = TypeSection::new();
+    types.ty().function([], []);
+    module.section(&types);
+    let mut functions = FunctionSection::new();
+    functions.function(0);
+    module.section(&functions);
+    let mut exports = ExportSection::new();
+    exports.export("_start", ExportKind::Func, 0);
+    module.section(&exports);
+    let mut code = CodeSection::new();
+    let mut body = Function::new([]);
+    body.instruction(&Instruction::Unreachable);
+    body.instruction(&Instruction::End);
+    code.function(&body);
+    module.section(&code);
+    let mut names = NameSection::new();
+    let mut function_names = NameMap::new();
+    function_names.append(0, "named_boom");
+    names.functions(&function_names);
+    module.section(&names);
+    let wasm = bytes::Bytes::from(module.finish());
+
+    let store = ArtifactStore::open("memory://").unwrap();
+    let builder = Builder::new(store.clone(), Compiler::new()).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let runner = Runner::new(RunnerConfig::new(cache.path())).unwrap();
+    for keep_names in [false, true] {
+        let mut request = BuildRequest::new(vec![TargetProfile::host().unwrap()]);
+        request.keep_names = keep_names;
+        let built = builder.build(wasm.clone(), &request, |_| {}).await.unwrap();
+        assert_eq!(built.manifest.build.keep_names, keep_names);
+        let function = runner
+            .load(&store, &Reference::Digest(built.manifest_digest))
+            .await
+            .unwrap();
+        let trap = match function.call(Vec::new(), &[]).await {
+            Err(thaw_runner::RunError::Trap { message, .. }) => message,
+            other => panic!("expected a trap, got {other:?}"),
+        };
+        assert!(trap.contains("unreachable"), "{trap}");
+        assert_eq!(
+            trap.contains("named_boom"),
+            keep_names,
+            "keep_names {keep_names}: {trap}"
+        );
+    }
+}
+
 /// Every instance restored from one snapshot draws its own randomness:
 /// math/rand (v1 and v2), hash/maphash seeds and map iteration order all
 /// differ between requests, while a map built before the snapshot still
