@@ -192,7 +192,7 @@ pub struct PushArgs {
     go_buildmode: BuildMode,
     /// Keep the module's function names in the artifacts, so that traps
     /// and native profilers name wasm functions. Off by default: names
-    /// cost every cold load 100–150 µs, and the stored snapshot keeps them.
+    /// cost every cold load about 90 µs, and the stored snapshot keeps them.
     #[arg(long, env = "THAW_KEEP_NAMES")]
     keep_names: bool,
     #[command(flatten)]
