@@ -168,14 +168,17 @@ func (rw *responseWriter) finish(req *http.Request) (int, http.Header, []byte) {
 		// The handler neither wrote nor called WriteHeader.
 		code, h = http.StatusOK, rw.header.Clone()
 	}
-	for _, k := range []string{"Content-Length", "Transfer-Encoding", "Trailer", "Connection"} {
-		h.Del(k)
-	}
+	// The keys are canonical already: map operations skip the
+	// canonicalizing that Header.Del and Header.Set do on every call.
+	delete(h, "Content-Length")
+	delete(h, "Transfer-Encoding")
+	delete(h, "Trailer")
+	delete(h, "Connection")
 	if bodyAllowed(code) {
 		if _, ok := h["Content-Type"]; !ok && rw.body.Len() > 0 {
-			h.Set("Content-Type", http.DetectContentType(rw.body.Bytes()))
+			h["Content-Type"] = []string{http.DetectContentType(rw.body.Bytes())}
 		}
-		h.Set("Content-Length", strconv.FormatInt(rw.written, 10))
+		h["Content-Length"] = []string{strconv.FormatInt(rw.written, 10)}
 	}
 	var body []byte
 	if bodyAllowed(code) && !(req != nil && req.Method == http.MethodHead) {
