@@ -455,7 +455,7 @@ impl Builder {
                 thaw_version: THAW_VERSION.to_string(),
                 wasmtime_version: WASMTIME_VERSION.to_string(),
                 init_env: build.snapshot.env.iter().map(|(k, _)| k.clone()).collect(),
-                keep_names: build.keep_names,
+                keep_names: Some(build.keep_names),
                 steps,
             },
         };

@@ -321,7 +321,8 @@ pub async fn rebuild(
     let builder = Builder::new(scratch, Compiler::new())?;
     let mut request = BuildRequest::new(targets);
     request.snapshot.env = init_env;
-    request.keep_names = stored.build.keep_names;
+    // Builds from before the choice was recorded all kept names.
+    request.keep_names = stored.build.keep_names.unwrap_or(true);
     let rebuilt = builder
         .build(source, &request, |_| {})
         .await

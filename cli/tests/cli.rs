@@ -240,6 +240,45 @@ fn a_rebuild_from_the_stored_source_reproduces_every_byte() {
     let error = failed(output);
     assert!(report.contains("DIFFERENT"), "{report}");
     assert!(error.contains("differ from a rebuild"), "{error}");
+
+    // A manifest written before builds recorded whether artifacts keep
+    // function names came from a build that kept them: it is rebuilt so.
+    ok(thaw(
+        home.path(),
+        &[
+            "build",
+            dir.to_str().unwrap(),
+            "--name",
+            "entropy:named",
+            "--keep-names",
+            "--init-env",
+            "GREETING=hi",
+        ],
+    ));
+    let store =
+        thaw_store::ArtifactStore::open(home.path().join("store").to_str().unwrap()).unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let named = "entropy:named".parse().unwrap();
+        let (_, mut manifest) = store.resolve(&named).await.unwrap();
+        assert_eq!(manifest.build.keep_names, Some(true));
+        manifest.build.keep_names = None;
+        let legacy = store.put_manifest(&manifest).await.unwrap();
+        store
+            .set_tag(&"entropy:legacy".parse().unwrap(), &legacy)
+            .await
+            .unwrap();
+    });
+    let report = ok(thaw(
+        home.path(),
+        &[
+            "verify",
+            "entropy:legacy",
+            "--rebuild",
+            "--init-env",
+            "GREETING=hi",
+        ],
+    ));
+    assert_eq!(report.matches("identical").count(), 2, "{report}");
 }
 
 #[test]

@@ -348,9 +348,10 @@ pub struct BuildInfo {
     /// Environment variables visible to init, by name only (values may be secrets).
     pub init_env: Vec<String>,
     /// Whether the artifacts keep the module's function names (the
-    /// snapshot always does). Absent means no.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub keep_names: bool,
+    /// snapshot always does). Absent from manifests written before thaw
+    /// recorded it, whose artifacts all kept them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_names: Option<bool>,
     /// Wall time per step, in pipeline order.
     pub steps: Vec<StepTiming>,
 }
@@ -627,7 +628,7 @@ mod tests {
                 thaw_version: "0.1.0".into(),
                 wasmtime_version: "48.0.8".into(),
                 init_env: vec![],
-                keep_names: false,
+                keep_names: None,
                 steps: vec![StepTiming {
                     step: "snapshot".into(),
                     millis: 3,

@@ -911,7 +911,7 @@ mod tests {
                 thaw_version: "test".into(),
                 wasmtime_version: profile::WASMTIME_VERSION.into(),
                 init_env: vec![],
-                keep_names: false,
+                keep_names: None,
                 steps: vec![],
             },
         }

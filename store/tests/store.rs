@@ -31,7 +31,7 @@ fn manifest_for(source: &BlobRef) -> Manifest {
             thaw_version: "test".into(),
             wasmtime_version: "48.0.8".into(),
             init_env: vec![],
-            keep_names: false,
+            keep_names: None,
             steps: vec![],
         },
     }

@@ -468,7 +468,7 @@ async fn artifacts_name_wasm_functions_only_when_the_build_keeps_names() {
         let mut request = BuildRequest::new(vec![TargetProfile::host().unwrap()]);
         request.keep_names = keep_names;
         let built = builder.build(wasm.clone(), &request, |_| {}).await.unwrap();
-        assert_eq!(built.manifest.build.keep_names, keep_names);
+        assert_eq!(built.manifest.build.keep_names, Some(keep_names));
         let function = runner
             .load(&store, &Reference::Digest(built.manifest_digest))
             .await
