@@ -681,40 +681,38 @@ async fn run(
         return (busy(app, name, "function_share", reason), None);
     };
 
+    let remote_addr = remote.to_string();
+    let method = parts.method.as_str();
+    let wire = Wire::of(function);
     let mut env = app.env.of(name);
     env.push(("THAW_FUNCTION".into(), name.to_string()));
     env.push(("THAW_REQUEST_ID".into(), request_id.to_string()));
-    env.push(("THAW_REMOTE_ADDR".into(), remote.to_string()));
-    let method = parts.method.as_str();
-    let wire = Wire::of(function);
+    env.push(("THAW_REMOTE_ADDR".into(), remote_addr.clone()));
+    if let Wire::Cgi = wire {
+        env.extend(cgi_env(method, guest_path, &parts.headers, &body, remote));
+    }
+    let env = last_value_wins(env);
     let (invocation, env) = match wire {
         Wire::Compact => {
-            // The frame carries the environment, so WASI's stays empty.
-            let env = last_value_wins(env);
-            let headers: Vec<(&str, &[u8])> = parts
-                .headers
-                .iter()
-                .filter(|(name, _)| !HOP_BY_HOP.contains(&name.as_str()))
+            let headers: Vec<(&str, &[u8])> = forwarded_headers(&parts.headers)
                 .map(|(name, value)| (name.as_str(), value.as_bytes()))
                 .collect();
             let request = FrameRequest {
                 method,
                 target: guest_path,
-                remote_addr: &remote.to_string(),
+                remote_addr: &remote_addr,
                 env: &env,
                 body: &body,
             };
             let frame = encode_request_frame(request, &headers);
+            // The frame carries the environment, so WASI's stays empty.
             (Invocation::Compact(frame), Vec::new())
         }
         Wire::Http1 => {
             let text = http1_request(method, guest_path, &parts.headers, &body);
-            (Invocation::Entry(text), last_value_wins(env))
+            (Invocation::Entry(text), env)
         }
-        Wire::Cgi => {
-            env.extend(cgi_env(method, guest_path, &parts.headers, &body, remote));
-            (Invocation::Entry(body.to_vec()), last_value_wins(env))
-        }
+        Wire::Cgi => (Invocation::Entry(body.to_vec()), env),
     };
 
     // A guard, because hyper drops this future when the client goes away.
@@ -909,14 +907,18 @@ fn path_only(path_and_query: &str) -> &str {
     path_and_query.split('?').next().unwrap_or_default()
 }
 
+/// The request headers an SDK function receives: all but hop-by-hop ones.
+fn forwarded_headers(headers: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+    headers
+        .iter()
+        .filter(|(name, _)| !HOP_BY_HOP.contains(&name.as_str()))
+}
+
 /// Serializes a request in HTTP/1.1 wire format for the SDK to parse.
 fn http1_request(method: &str, path: &str, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + body.len());
     out.extend_from_slice(format!("{method} {path} HTTP/1.1\r\n").as_bytes());
-    for (name, value) in headers {
-        if HOP_BY_HOP.contains(&name.as_str()) {
-            continue;
-        }
+    for (name, value) in forwarded_headers(headers) {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
