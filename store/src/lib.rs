@@ -126,12 +126,18 @@ pub struct ArtifactStore {
     objects: Arc<dyn ObjectStore>,
     location: String,
     zstd_level: i32,
-    /// For a directory store, its root: every write is synced to disk
-    /// there before the next one starts.
-    local_root: Option<PathBuf>,
-    /// For a directory store, the same store as `objects`, read directly
-    /// (see [`ArtifactStore::read`]).
-    local_files: Option<Arc<LocalFileSystem>>,
+    /// For a directory store, the directory: every write is synced to
+    /// disk there before the next one starts, and small objects are read
+    /// directly (see [`read_local`]).
+    local: Option<LocalDir>,
+}
+
+/// A directory store's root, and the same store as [`ArtifactStore`]'s
+/// objects, for mapping keys to files.
+#[derive(Clone, Debug)]
+struct LocalDir {
+    root: PathBuf,
+    files: Arc<LocalFileSystem>,
 }
 
 impl ArtifactStore {
@@ -172,8 +178,7 @@ impl ArtifactStore {
         let local = LocalFileSystem::new_with_prefix(&root).map_err(|e| invalid(e.to_string()))?;
         let local = Arc::new(local);
         let mut store = Self::new(local.clone(), &format!("file://{}", root.display()));
-        store.local_root = Some(root);
-        store.local_files = Some(local);
+        store.local = Some(LocalDir { root, files: local });
         Ok(store)
     }
 
@@ -231,8 +236,7 @@ impl ArtifactStore {
             objects,
             location: location.to_string(),
             zstd_level: DEFAULT_ZSTD_LEVEL,
-            local_root: None,
-            local_files: None,
+            local: None,
         }
     }
 
@@ -370,7 +374,7 @@ impl ArtifactStore {
         };
         // An object store's PUT is atomic and durable: what is there is
         // whole. Only files can be torn by a power loss.
-        if self.local_root.is_none() {
+        if self.local.is_none() {
             return Ok(Some(blob));
         }
         match self.get_blob(&blob).await {
@@ -656,8 +660,8 @@ impl ArtifactStore {
 
     /// Resolves a reference to a verified manifest.
     pub async fn resolve(&self, reference: &Reference) -> Result<(Digest, Manifest), StoreError> {
-        if let Some(local) = &self.local_files {
-            let (local, reference) = (local.clone(), reference.clone());
+        if let Some(local) = &self.local {
+            let (local, reference) = (local.files.clone(), reference.clone());
             return tokio::task::spawn_blocking(move || resolve_local(&local, &reference))
                 .await
                 .expect("resolving does not panic");
@@ -875,10 +879,10 @@ impl ArtifactStore {
     /// folder just created for it) to disk. `object_store` stages and
     /// renames, but never syncs.
     async fn sync(&self, path: &Path) -> Result<(), StoreError> {
-        let Some(root) = &self.local_root else {
+        let Some(local) = &self.local else {
             return Ok(());
         };
-        let (root, file) = (root.clone(), root.join(path.as_ref()));
+        let (root, file) = (local.root.clone(), local.files.path_to_filesystem(path)?);
         let synced =
             tokio::task::spawn_blocking(move || thaw_core::fs::sync_with_parents(&file, &root))
                 .await
@@ -890,8 +894,8 @@ impl ArtifactStore {
     }
 
     async fn read(&self, path: &Path, what: impl Fn() -> String) -> Result<Bytes, StoreError> {
-        if let Some(local) = &self.local_files {
-            let (local, path, what) = (local.clone(), path.clone(), what());
+        if let Some(local) = &self.local {
+            let (local, path, what) = (local.files.clone(), path.clone(), what());
             return tokio::task::spawn_blocking(move || read_local(&local, &path, || what))
                 .await
                 .expect("reading a file does not panic");
