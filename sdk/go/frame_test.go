@@ -6,8 +6,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"net/textproto"
+	"net/url"
 	"os"
 	"reflect"
 	"strconv"
@@ -215,4 +217,52 @@ func TestMalformedFramesAre400AndNeverReachTheHandler(t *testing.T) {
 	if _, _, err := readRequestFrame(bytes.NewReader(good[:headEnd-1])); !errors.Is(err, errMalformedFrame) {
 		t.Errorf("a cut head: %v", err)
 	}
+}
+
+// sameAsParseRequestURI fails t unless parseRequestTarget gives what
+// url.ParseRequestURI gives for target: an equal URL, or an error for both.
+func sameAsParseRequestURI(t *testing.T, target string) {
+	t.Helper()
+	want, wantErr := url.ParseRequestURI(target)
+	got, err := parseRequestTarget(target)
+	if (err != nil) != (wantErr != nil) || !reflect.DeepEqual(got, want) {
+		t.Fatalf("target %q: got %#v, %v; url.ParseRequestURI gives %#v, %v", target, got, err, want, wantErr)
+	}
+}
+
+func TestRequestTargetsParseAsNetURLParsesThem(t *testing.T) {
+	for _, target := range []string{
+		"/", "/hello/", "/a/b?x=1&y=2", "/a?", "/a??", "/a?b?c", "/?", "//double", "///triple",
+		"/a%20b", "/a%2fb", "/bad%zz", "/a b", "/a#frag", "/a?q#frag", "/ünïcode",
+		"*", "", "?", "relative", "http://example.com/x?y", "/a?\x01", "/a\x7f", "/a;b=c,d@e:f$&+",
+	} {
+		sameAsParseRequestURI(t, target)
+	}
+	// Every byte in the path and in the query, so that the shortcut's
+	// character set can be no wider than net/url's.
+	for c := range 256 {
+		b := string([]byte{byte(c)})
+		sameAsParseRequestURI(t, "/a"+b+"b")
+		sameAsParseRequestURI(t, "/a"+b+"b?q="+b)
+	}
+	// Random targets over the bytes that matter most.
+	const alphabet = "/?%#aZ09-_.~$&+,:;=@!*'() \x00\x1f\x7f\xc3"
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 20000 {
+		b := make([]byte, 1+rng.IntN(12))
+		for i := range b {
+			b[i] = alphabet[rng.IntN(len(alphabet))]
+		}
+		if rng.IntN(2) == 0 {
+			b[0] = '/'
+		}
+		sameAsParseRequestURI(t, string(b))
+	}
+}
+
+func FuzzRequestTargetsParseAsNetURLParsesThem(f *testing.F) {
+	for _, seed := range []string{"/", "/a?b", "/a?", "/%41", "/a b", "*"} {
+		f.Add(seed)
+	}
+	f.Fuzz(sameAsParseRequestURI)
 }
