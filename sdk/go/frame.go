@@ -184,9 +184,10 @@ func readRequestFrame(in io.Reader) (*http.Request, []string, error) {
 }
 
 // parseRequestTarget is url.ParseRequestURI, which costs a few microseconds
-// of a guest's request, with a shortcut for the common target: a path of
-// characters that url.URL keeps unescaped, then an optional query, which
-// both keep as it is. Anything else goes to url.ParseRequestURI itself.
+// of a guest's request, with a shortcut for the common target: a path that
+// needs no unescaping and an optional query without control characters,
+// which url.ParseRequestURI would keep as they are. Anything else goes to
+// url.ParseRequestURI itself.
 func parseRequestTarget(target string) (*url.URL, error) {
 	path, query, hasQuery := strings.Cut(target, "?")
 	if path == "" || path[0] != '/' || !isPlainPath(path) || !isPlainQuery(query) {
@@ -196,10 +197,9 @@ func parseRequestTarget(target string) (*url.URL, error) {
 	return &url.URL{Path: path, RawQuery: query, ForceQuery: hasQuery && query == ""}, nil
 }
 
-// isPlainPath reports whether url.URL would set the path's Path to it
-// unchanged and leave its RawPath empty: every byte is one that path
-// escaping leaves alone (RFC 3986 unreserved characters, and the reserved
-// ones a path may hold except '?').
+// isPlainPath reports whether url.ParseRequestURI would take path as the
+// URL's Path unchanged and leave its RawPath empty: every byte is one that
+// net/url's path escaping leaves alone (letters, digits and "-_.~$&+,/:;=@").
 func isPlainPath(path string) bool {
 	for i := 0; i < len(path); i++ {
 		c := path[i]
