@@ -182,8 +182,9 @@ pub struct PendingBuild {
 impl PendingBuild {
     /// The build key: the module's digest plus everything else that changes
     /// the output (targets and their flags, init environment, whether
-    /// artifacts keep names, thaw and wasmtime versions, manifest schema). Limits that only decide success
-    /// do not count. Identical submissions share it.
+    /// artifacts keep names, thaw and wasmtime versions, manifest schema).
+    /// Limits that only decide success do not count. Identical submissions
+    /// share it.
     pub fn key(&self) -> &Digest {
         &self.key
     }

@@ -228,6 +228,16 @@ struct SourceArgs {
     /// Linear-memory limit for init, in MiB.
     #[arg(long, env = "THAW_INIT_MAX_MEMORY_MIB", default_value_t = DEFAULT_INIT_MAX_MEMORY >> 20)]
     init_max_memory_mib: u64,
+    #[command(flatten)]
+    choices: BuildChoices,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// How a Go package becomes a module, and what its artifacts keep; shared
+/// by `build`, `up` and `push`.
+#[derive(Args)]
+struct BuildChoices {
     /// How a Go package is linked.
     #[arg(long, value_enum, default_value_t = BuildMode::Auto)]
     go_buildmode: BuildMode,
@@ -236,8 +246,6 @@ struct SourceArgs {
     /// cost every cold load about 90 µs, and the stored snapshot keeps them.
     #[arg(long, env = "THAW_KEEP_NAMES")]
     keep_names: bool,
-    #[command(flatten)]
-    store: StoreArgs,
 }
 
 #[derive(Args)]
@@ -465,7 +473,7 @@ async fn build(
     let store = source.store.open()?;
     warn_init_env_is_public(&source.init_env);
     let progress = Arc::new(BuildProgress::new());
-    let wasm = read_or_build_module(&source.path, source.go_buildmode, &progress)?;
+    let wasm = read_or_build_module(&source.path, source.choices.go_buildmode, &progress)?;
     let builder = builder(store, None)?;
     let request = BuildRequest {
         targets,
@@ -476,7 +484,7 @@ async fn build(
             ..SnapshotOptions::default()
         },
         tag: tag.clone(),
-        keep_names: source.keep_names,
+        keep_names: source.choices.keep_names,
     };
     let events = progress.clone();
     let outcome = builder

@@ -15,7 +15,6 @@ use thaw_core::api::{BuildState, BuildStatus};
 use thaw_core::settings::{parse_duration, parse_key_value};
 use thaw_core::signing::{PublicKey, RegistryKey, TrustedKeys};
 use thaw_core::{Reference, TagRef};
-use thaw_gobuild::BuildMode;
 use thaw_http::ConnectionArgs;
 use thaw_registry::{
     DEFAULT_MAX_MODULE_BYTES, DEFAULT_MAX_UPLOADS, DEFAULT_QUEUE_CAPACITY, DEFAULT_TENANT_QUOTA,
@@ -187,14 +186,8 @@ pub struct PushArgs {
     /// An environment variable visible to init, `KEY=VALUE`; repeatable.
     #[arg(long = "init-env", value_parser = parse_key_value)]
     init_env: Vec<(String, String)>,
-    /// How a Go package is linked.
-    #[arg(long, value_enum, default_value_t = BuildMode::Auto)]
-    go_buildmode: BuildMode,
-    /// Keep the module's function names in the artifacts, so that traps
-    /// and native profilers name wasm functions. Off by default: names
-    /// cost every cold load about 90 µs, and the stored snapshot keeps them.
-    #[arg(long, env = "THAW_KEEP_NAMES")]
-    keep_names: bool,
+    #[command(flatten)]
+    choices: crate::BuildChoices,
     #[command(flatten)]
     remote: RemoteArgs,
 }
@@ -202,13 +195,13 @@ pub struct PushArgs {
 pub async fn push(args: PushArgs) -> Result<()> {
     crate::warn_init_env_is_public(&args.init_env);
     let progress = Arc::new(BuildProgress::new());
-    let wasm = read_or_build_module(&args.path, args.go_buildmode, &progress)?;
+    let wasm = read_or_build_module(&args.path, args.choices.go_buildmode, &progress)?;
     let client = args.remote.client(TrustedKeys::default())?;
     let request = PushRequest {
         reference: args.name.clone(),
         targets: args.targets.clone(),
         init_env: args.init_env.clone(),
-        keep_names: args.keep_names,
+        keep_names: args.choices.keep_names,
     };
     let started = Instant::now();
     let mut shown = StepDisplay::default();

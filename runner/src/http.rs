@@ -499,11 +499,10 @@ async fn handle(
                 span.in_scope(|| finished.log(&app, reset));
             });
         }
-        Some(teardown) => {
-            let reset = teardown.retire();
+        teardown => {
+            let reset = teardown.and_then(Teardown::retire);
             span.in_scope(|| finished.log(&app, reset));
         }
-        None => span.in_scope(|| finished.log(&app, None)),
     }
     response
 }
